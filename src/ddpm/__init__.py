@@ -1,0 +1,38 @@
+"""ddpm: Denoising Diffusion Probabilistic Models (Ho, Jain & Abbeel 2020) in PyTorch.
+
+The public API is imported lazily so that ``import ddpm`` stays cheap and each layer (maths,
+network, training, evaluation) can be used without the others.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+__version__ = "0.1.0"
+
+_EXPORTS = {
+    "get_beta_schedule": "ddpm.schedules",
+    "GaussianDiffusion": "ddpm.diffusion",
+    "normal_kl": "ddpm.likelihoods",
+    "discretized_gaussian_log_likelihood": "ddpm.likelihoods",
+    "UNet": "ddpm.models.unet",
+    "Config": "ddpm.config",
+    "UNetConfig": "ddpm.config",
+    "DiffusionConfig": "ddpm.config",
+    "TrainConfig": "ddpm.config",
+    "DataConfig": "ddpm.config",
+    "progressive_samples": "ddpm.sampling.ancestral",
+    "shared_latent_samples": "ddpm.sampling.ancestral",
+    "interpolate": "ddpm.sampling.ancestral",
+    "generate": "ddpm.sampling.api",
+    "Trainer": "ddpm.train.trainer",
+    "load_checkpoint": "ddpm.train.checkpoint",
+}
+
+__all__ = sorted(_EXPORTS) + ["__version__"]
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module 'ddpm' has no attribute {name!r}")

@@ -1,0 +1,24 @@
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+torch.set_num_threads(min(2, torch.get_num_threads()))
+
+
+def fixture_dir() -> Path | None:
+    """Directory of the authors'-code fixtures, from $DDPM_FIXTURES (CI sets it), else ../shared/fixtures."""
+    env = os.environ.get("DDPM_FIXTURES")
+    if env:
+        return Path(env)
+    guess = Path(__file__).resolve().parents[2] / "shared" / "fixtures"
+    return guess if guess.is_dir() else None
+
+
+@pytest.fixture
+def fixtures() -> Path:
+    d = fixture_dir()
+    if d is None or not d.is_dir():
+        pytest.skip("authors' fixtures not found: set DDPM_FIXTURES to the folder holding official_unet_tiny.npz")
+    return d
