@@ -81,6 +81,7 @@ class TrainConfig:
     ckpt_every: int = 5000
     keep_checkpoints: int = 2
     num_sample_images: int = 64
+    sample_steps: int | None = None  # steps of the periodic sample grids (None: the full T-step chain)
 
 
 @dataclass
@@ -92,7 +93,10 @@ class DataConfig:
     resolution: int = 32
     channels: int = 3
     class_labels: bool = False  # read labels (CIFAR-10 classes, MNIST digits, sub-folder names)
-    split: str = "train"
+    split: str = "train"  # train | test
+    # Fetch CIFAR-10 / MNIST (checksum-verified) when not found locally; off so nothing downloads
+    # unless asked for.
+    download: bool = False
 
 
 @dataclass

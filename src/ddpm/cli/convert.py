@@ -1,0 +1,114 @@
+"""``ddpm convert tf|diffusers|to-diffusers SRC OUT``: published weights <-> ddpm checkpoint dirs.
+
+Thin layer over :mod:`ddpm.models.convert_tf` and :mod:`ddpm.models.convert_diffusers`; the
+checkpoint written is an ordinary ddpm checkpoint directory (``ddpm sample --ckpt OUT`` works).
+See ``docs/network.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from ddpm.config import Config, DataConfig, DiffusionConfig
+from ddpm.errors import CheckpointError
+
+
+def add_parser(subparsers) -> None:
+    p = subparsers.add_parser("convert", help="import the authors' TF or diffusers weights (or export to diffusers)",
+                              description=__doc__)
+    sub = p.add_subparsers(dest="source", metavar="FORMAT", parser_class=type(p))
+    sub.required = True
+
+    q = sub.add_parser("tf", help="the authors' TensorFlow checkpoint (needs tensorflow) or an .npz of its variables")
+    q.add_argument("src", help="checkpoint prefix (model.ckpt-NNN), its directory, or an .npz of TF variables")
+    q.add_argument("out", help="checkpoint directory to write")
+    q.add_argument("--preset", help="experiment preset the weights belong to (cifar10, celebahq256, lsun-church, ...); "
+                                    "sets the network, the diffusion settings and the data resolution")
+    q.add_argument("--resolution", type=int, help="image size, when no --preset is given (the architecture is "
+                                                  "read off the variables)")
+    q.add_argument("--var-type", choices=("fixedlarge", "fixedsmall"),
+                   help="sampling variance (default: the preset's; fixedlarge without a preset)")
+    q.add_argument("--raw", action="store_true", help="take the raw variables instead of their EMA shadows")
+    q.add_argument("--force", action="store_true", help="overwrite OUT if it exists")
+    q.set_defaults(func=run_tf)
+
+    q = sub.add_parser("diffusers", help="a diffusers UNet2DModel folder (e.g. google/ddpm-cifar10-32)")
+    q.add_argument("src", help="folder with config.json + diffusion_pytorch_model.safetensors|.bin "
+                               "(or unet/ and scheduler/ subfolders)")
+    q.add_argument("out", help="checkpoint directory to write")
+    q.add_argument("--force", action="store_true", help="overwrite OUT if it exists")
+    q.set_defaults(func=run_diffusers)
+
+    q = sub.add_parser("to-diffusers", help="export a ddpm checkpoint as a diffusers folder (unet/ + scheduler/)")
+    q.add_argument("src", help="run dir, checkpoint dir or .safetensors file")
+    q.add_argument("out", help="folder to write")
+    q.add_argument("--raw", action="store_true", help="export the raw instead of the EMA weights")
+    q.add_argument("--force", action="store_true", help="overwrite OUT if it exists")
+    q.set_defaults(func=run_to_diffusers)
+
+
+def _check_out(out: str, force: bool) -> Path:
+    path = Path(out)
+    if path.exists() and (not path.is_dir() or any(path.iterdir())) and not force:
+        raise CheckpointError(f"{path} already exists; choose another OUT or pass --force to overwrite it")
+    return path
+
+
+def _data_for(model_cfg) -> DataConfig:
+    source = "cifar10" if (model_cfg.resolution, model_cfg.in_channels) == (32, 3) else "folder"
+    return DataConfig(source=source, resolution=model_cfg.resolution, channels=model_cfg.in_channels)
+
+
+def run_tf(args: argparse.Namespace) -> int:
+    from ddpm.models.convert_tf import convert_tf_state_dict, has_ema, infer_unet_config, read_tf_checkpoint
+    from ddpm.train.checkpoint import save_checkpoint
+
+    out = _check_out(args.out, args.force)
+    if args.preset is None and args.resolution is None:
+        raise CheckpointError("give --preset (e.g. cifar10) or --resolution (e.g. 32) for the TF weights")
+    arrays = read_tf_checkpoint(args.src)
+    ema = False if args.raw else None
+    use_ema = has_ema(arrays) and not args.raw
+    if args.preset is not None:
+        from ddpm.presets import get_preset
+
+        cfg = get_preset(args.preset)
+    else:
+        model_cfg = infer_unet_config(arrays, args.resolution, ema=use_ema)
+        cfg = Config(model=model_cfg, diffusion=DiffusionConfig(), data=_data_for(model_cfg))
+    if args.var_type:
+        cfg.diffusion.var_type = args.var_type
+    state = convert_tf_state_dict(arrays, cfg.model, ema=ema)
+    step = int(arrays["global_step"]) if "global_step" in arrays else 0
+    weights = {"ema_state": state} if use_ema else {"model_state": state}
+    save_checkpoint(out, config=cfg, step=step, **weights)
+    n = sum(v.numel() for v in state.values())
+    print(f"wrote {out} ({n:,} parameters, {'EMA' if use_ema else 'raw'} weights, step {step}, "
+          f"var_type {cfg.diffusion.var_type})")
+    return 0
+
+
+def run_diffusers(args: argparse.Namespace) -> int:
+    from ddpm.models.convert_diffusers import load_diffusers_folder
+    from ddpm.train.checkpoint import save_checkpoint
+
+    out = _check_out(args.out, args.force)
+    model, diffusion = load_diffusers_folder(args.src)
+    cfg = Config(model=model.config, diffusion=diffusion, data=_data_for(model.config))
+    # The published diffusers DDPM weights are the authors' EMA weights: store them as such.
+    save_checkpoint(out, config=cfg, step=0, ema_state=model.state_dict())
+    n = sum(p.numel() for p in model.parameters())
+    print(f"wrote {out} ({n:,} parameters, var_type {diffusion.var_type}, T={diffusion.num_timesteps})")
+    return 0
+
+
+def run_to_diffusers(args: argparse.Namespace) -> int:
+    from ddpm.models.convert_diffusers import save_diffusers_folder
+    from ddpm.train.checkpoint import load_checkpoint
+
+    out = _check_out(args.out, args.force)
+    ckpt = load_checkpoint(args.src, use_ema=not args.raw)
+    save_diffusers_folder(ckpt.model, ckpt.config.diffusion, out)
+    print(f"wrote {out}/unet and {out}/scheduler")
+    return 0

@@ -1,0 +1,225 @@
+"""``ddpm eval nll|rate-distortion|fid|is|fid-stats``: Table 1's NLL, IS and FID, and Fig. 5 / Table 4.
+
+Thin layer over :mod:`ddpm.evaluate`; see ``docs/evaluation.md`` for the protocol.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+PAPER_SAMPLES = 50_000
+
+
+def add_parser(subparsers) -> None:
+    p = subparsers.add_parser("eval", aliases=["evaluate"], help="NLL (bits/dim), FID, IS, rate-distortion",
+                              description=__doc__)
+    sub = p.add_subparsers(dest="metric", metavar="METRIC", parser_class=type(p))
+    sub.required = True
+
+    def bpd_args(q):
+        q.add_argument("--ckpt", required=True, help="run dir, checkpoint dir, .safetensors or diffusers folder")
+        q.add_argument("--data", help="dataset name (digits, cifar10, mnist), image folder or .npz "
+                                      "(default: the checkpoint's training data)")
+        q.add_argument("--split", default="test", choices=("train", "test"), help="default: test")
+        q.add_argument("--num", type=int, help="evaluate a fixed subset of this many images (default: all)")
+        q.add_argument("--batch-size", type=int, default=64)
+        q.add_argument("--out", default="eval", help="output directory (default ./eval); finished chunks "
+                                                     "are kept in OUT/bpd_chunks and skipped on rerun")
+        q.add_argument("--seed", type=int, default=0)
+        q.add_argument("--device", help="cpu, cuda, cuda:1 … (default: cuda if available)")
+        q.add_argument("--raw", action="store_true", help="use the raw instead of the EMA weights")
+        q.add_argument("--no-clip", action="store_true", help="do not clip x̂0 to [-1, 1] (the authors clip)")
+        q.add_argument("--labels", action="store_true",
+                       help="condition a class-conditional model on the true labels (default: null label)")
+
+    q = sub.add_parser("nll", help="negative log-likelihood bound in bits/dim (Table 1)")
+    bpd_args(q)
+    q.set_defaults(func=run_nll)
+    q = sub.add_parser("rate-distortion", help="rate and distortion vs reverse steps (Fig. 5, Table 4)")
+    bpd_args(q)
+    q.set_defaults(func=run_rate_distortion)
+
+    def quality_args(q, fid: bool):
+        src = q.add_mutually_exclusive_group(required=True)
+        src.add_argument("--samples", help="folder of PNGs or .npz (arr_0: uint8 NHWC) of generated images")
+        src.add_argument("--ckpt", help="generate --num samples from this checkpoint first")
+        q.add_argument("--num", type=int, default=PAPER_SAMPLES, help="samples to generate/use (paper: 50000)")
+        q.add_argument("--batch-size", type=int, default=256, help="sampling batch size")
+        q.add_argument("--sampler", default="ddpm", choices=("ddpm", "ddim"))
+        q.add_argument("--steps", type=int, help="sampling steps (default: all T)")
+        q.add_argument("--seed", type=int, default=0)
+        q.add_argument("--save-samples", help="also write the generated samples to this .npz")
+        q.add_argument("--device", help="cpu, cuda, … (default: cuda if available)")
+        q.add_argument("--inception", help="path to pt_inception-2015-12-05-6726825d.pth "
+                                           "(else $DDPM_INCEPTION_WEIGHTS, else ~/.cache/ddpm, downloading)")
+        q.add_argument("--splits", type=int, default=10, help="IS splits (default 10, as OpenAI's code)")
+        q.add_argument("--json", help="write the scores to this JSON file")
+        if fid:
+            q.add_argument("--ref", help="reference: stats .npz (mu, sigma), image folder/.npz, or a dataset "
+                                         "name (default: the checkpoint's dataset)")
+            q.add_argument("--ref-split", default="train", help="dataset split of the reference (paper: train)")
+            q.add_argument("--ref-num", type=int, help="reference images to use (default: all)")
+            q.add_argument("--save-ref-stats", help="write the reference statistics to this .npz")
+
+    q = sub.add_parser("fid", help="Fréchet Inception Distance (and IS from the same pass)")
+    quality_args(q, fid=True)
+    q.set_defaults(func=run_quality, want_fid=True)
+    q = sub.add_parser("is", help="Inception Score, mean ± std over 10 splits")
+    quality_args(q, fid=False)
+    q.set_defaults(func=run_quality, want_fid=False)
+
+    q = sub.add_parser("fid-stats", help="compute reference statistics (mu, sigma) of a dataset")
+    q.add_argument("--data", required=True, help="dataset name, image folder or .npz of images")
+    q.add_argument("--split", default="train")
+    q.add_argument("--num", type=int, help="images to use (default: all)")
+    q.add_argument("--resolution", type=int, default=32, help="resolution for dataset names (default 32)")
+    q.add_argument("--channels", type=int, default=3, choices=(1, 3))
+    q.add_argument("--out", required=True, help="output .npz")
+    q.add_argument("--inception")
+    q.add_argument("--device")
+    q.set_defaults(func=run_fid_stats)
+
+
+# ------------------------------------------------------------------------------------------ bpd
+def _bpd(args):
+    from ddpm.evaluate.inputs import default_device, eval_images
+    from ddpm.evaluate.likelihood import evaluate_bpd
+    from ddpm.train import distributed
+    from ddpm.train.checkpoint import load_checkpoint
+
+    info, device = distributed.setup(default_device(args.device))
+    ck = load_checkpoint(args.ckpt, use_ema=not args.raw, device=device)
+    x, labels, name = eval_images(args.data, ck.config, split=args.split, num=args.num)
+    meta = {"checkpoint": str(Path(ck.path).resolve()) if ck.path else str(args.ckpt), "step": ck.step,
+            "weights": ck.weights, "data": name, "labels": bool(args.labels)}
+    if info.is_main:
+        print(f"evaluating the {ck.diffusion.num_timesteps}-term bound on {len(x)} images of {name} "
+              f"({ck.weights} weights, step {ck.step}) on {device}"
+              + (f" x {info.world_size} ranks" if info.enabled else ""))
+    res = evaluate_bpd(ck.model, ck.diffusion, x, batch_size=args.batch_size, seed=args.seed,
+                       clip_denoised=not args.no_clip, labels=labels if args.labels else None,
+                       chunk_dir=Path(args.out) / "bpd_chunks", meta=meta, device=device,
+                       rank=info.rank, world_size=info.world_size, progress=info.is_main)
+    distributed.cleanup()
+    return res, meta
+
+
+def run_nll(args: argparse.Namespace) -> int:
+    res, meta = _bpd(args)
+    if res is None:  # not rank 0
+        return 0
+    out = Path(args.out)
+    csv = res.write_csv(out / "nll_terms.csv")
+    summary = {**meta, **res.summary()}
+    (out / "nll.json").write_text(json.dumps(summary, indent=2) + "\n")
+    print(f"NLL {res.bpd:.4f} ± {res.bpd_stderr:.4f} bits/dim (± = standard error; {res.num} images of "
+          f"{meta['data']}; prior {res.prior:.2e}, decoder L0 {res.decoder_bpd:.4f})")
+    print(f"per-t terms and x̂0 MSE: {csv}; summary: {out / 'nll.json'}")
+    return 0
+
+
+def run_rate_distortion(args: argparse.Namespace) -> int:
+    from ddpm.evaluate.rate_distortion import from_bpd_result, plot_rate_distortion
+
+    res, meta = _bpd(args)
+    if res is None:
+        return 0
+    out = Path(args.out)
+    rd = from_bpd_result(res)
+    csv = rd.write_csv(out / "rate_distortion.csv")
+    png = plot_rate_distortion(rd, out / "rate_distortion.png", title=f"{meta['data']}, {res.num} images")
+    res.write_csv(out / "nll_terms.csv")
+    print(f"rate {res.rate_bpd:.4f} + distortion {res.decoder_bpd:.4f} = {res.bpd:.4f} bits/dim; "
+          f"final RMSE {rd.distortion[-1]:.3f} (0-255)")
+    print("reverse time T-t+1 | rate (bits/dim) | distortion (RMSE 0-255)")
+    for row in rd.table4():
+        print(f"{row['reverse_time']:>18} | {row['rate_bpd']:15.5f} | {row['distortion_rmse']:.5f}")
+    print(f"wrote {csv} and {png}")
+    return 0
+
+
+# -------------------------------------------------------------------------------------- FID / IS
+def _generated(args, device):
+    """uint8 NHWC samples from --samples or generated from --ckpt (sharded under torchrun)."""
+    from ddpm.evaluate.fid import load_images
+
+    if args.samples:
+        return load_images(args.samples, args.num), None, True
+    from ddpm.images import save_npz, to_uint8
+    from ddpm.sampling.api import generate
+    from ddpm.train import distributed
+    from ddpm.train.checkpoint import load_checkpoint
+
+    info, device = distributed.setup(device)
+    ck = load_checkpoint(args.ckpt, device=device)
+    x = generate(ck.model, ck.diffusion, args.num, batch_size=args.batch_size, sampler=args.sampler,
+                 steps=args.steps, seed=args.seed, device=device, progress=info.is_main,
+                 rank=info.rank, world_size=info.world_size)
+    x = distributed.gather_shards(x, info)
+    distributed.cleanup()
+    if not info.is_main:
+        return None, ck, False
+    if args.save_samples:
+        save_npz(x, args.save_samples)
+    return to_uint8(x), ck, True
+
+
+def run_quality(args: argparse.Namespace) -> int:
+    from ddpm.evaluate.fid import reference_statistics, score_images
+    from ddpm.evaluate.inception import load_inception
+    from ddpm.evaluate.inputs import default_device
+    from ddpm.errors import UserError
+
+    device = default_device(args.device)
+    want_fid = args.want_fid
+    if want_fid and not args.ref and not args.ckpt:
+        raise UserError("--ref is needed with --samples: a stats .npz, an image folder/.npz or a dataset name")
+    net = load_inception(args.inception, device=device)  # fail on missing weights before sampling
+    images, ck, main = _generated(args, device)
+    if not main:
+        return 0
+    ref = None
+    ref_desc = ""
+    if want_fid:
+        if args.ref:
+            ref = reference_statistics(net, args.ref, num=args.ref_num, split=args.ref_split,
+                                       resolution=images.shape[1], channels=images.shape[3], device=device,
+                                       progress=True)
+            ref_desc = f"{args.ref}" + ("" if args.ref.endswith(".npz") else f"/{args.ref_split}")
+        else:
+            from ddpm.evaluate.fid import compute_statistics
+            from ddpm.evaluate.inputs import eval_images
+
+            x, _, ref_desc = eval_images(None, ck.config, split=args.ref_split, num=args.ref_num)
+            ref = compute_statistics(net, x, device=device, progress=True)
+        if args.save_ref_stats:
+            ref.save(args.save_ref_stats)
+    scores = score_images(net, images, ref, splits=args.splits, device=device, progress=True)
+    n = scores["num"]
+    note = "" if n >= PAPER_SAMPLES else f" — fewer than the paper's {PAPER_SAMPLES:,}; not comparable to Table 1"
+    if want_fid:
+        print(f"FID {scores['fid']:.3f} ({n} samples vs {ref_desc}, {ref.num} reference images){note}")
+    if scores["is_mean"] is not None:
+        print(f"IS {scores['is_mean']:.3f} ± {scores['is_std']:.3f} ({n} samples, {args.splits} splits){note}")
+    elif not want_fid:
+        raise UserError(f"IS needs at least {args.splits} samples for {args.splits} splits, got {n}")
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps({**scores, "reference": ref_desc or None}, indent=2) + "\n")
+    return 0
+
+
+def run_fid_stats(args: argparse.Namespace) -> int:
+    from ddpm.evaluate.fid import reference_statistics
+    from ddpm.evaluate.inception import load_inception
+    from ddpm.evaluate.inputs import default_device
+
+    device = default_device(args.device)
+    net = load_inception(args.inception, device=device)
+    stats = reference_statistics(net, args.data, num=args.num, split=args.split, resolution=args.resolution,
+                                 channels=args.channels, device=device, progress=True)
+    stats.save(args.out)
+    print(f"wrote {args.out} ({stats.num} images)")
+    return 0

@@ -1,0 +1,120 @@
+"""`ddpm train`: train a preset (optionally overridden) into a run directory, or resume one.
+
+Under ``torchrun --nproc_per_node=N -m ddpm train ...`` the same command trains with DDP.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from ddpm.errors import ConfigError
+
+
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
+    return value
+
+
+def add_parser(subparsers) -> None:
+    from ddpm.presets import PRESETS
+
+    p = subparsers.add_parser("train", help="train a model (or resume a run)",
+                              description="Train a DDPM into a run directory (config.json, metrics.jsonl, "
+                                          "samples/, checkpoints/). See docs/training.md.")
+    p.add_argument("--preset", help=f"experiment preset: {', '.join(PRESETS)}")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.FIELD=VALUE",
+                   help="override a config field, e.g. --set train.lr=1e-4 (repeatable)")
+    p.add_argument("--data", help="dataset path (sets data.path)")
+    p.add_argument("--data-source", choices=["digits", "folder", "cifar10", "mnist"], help="sets data.source")
+    p.add_argument("--run-dir", required=True, help="directory for this run's outputs")
+    p.add_argument("--steps", type=positive_int, help="train until this global step (default: train.steps)")
+    p.add_argument("--batch-size", type=positive_int, help="global batch size (sets train.batch_size)")
+    p.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda when available)")
+    p.add_argument("--precision", choices=["fp32", "bf16"], help="sets train.precision")
+    p.add_argument("--resume", action="store_true", help="continue the run in --run-dir from its latest checkpoint")
+    p.add_argument("--init-from", metavar="CKPT",
+                   help="start a new run from the weights and EMA of a checkpoint (fine-tuning)")
+    p.add_argument("--threads", type=positive_int, help="CPU threads for torch (default: torch's choice)")
+    p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
+                   help="show a progress bar (default: only on a terminal)")
+    p.set_defaults(func=run)
+
+
+def build_config(args):
+    """The Config this invocation trains (None on a plain resume: the run's saved config is used)."""
+    from ddpm.config import Config, apply_overrides
+    from ddpm.presets import get_preset
+
+    if args.resume:
+        if args.preset or args.data or args.data_source or args.init_from or args.batch_size:
+            raise ConfigError("--resume continues the run with its saved config; drop --preset/--data/"
+                              "--data-source/--init-from/--batch-size (use --steps or --set train.steps=N)")
+        if not args.overrides and not args.precision:
+            return None
+        from pathlib import Path
+
+        saved = Path(args.run_dir) / "config.json"
+        if not saved.is_file():
+            from ddpm.errors import CheckpointError
+
+            raise CheckpointError(f"cannot resume: {args.run_dir} is not a run directory (no config.json)")
+        cfg = Config.from_json(saved.read_text())
+    elif args.preset:
+        cfg = get_preset(args.preset)
+    elif args.init_from:
+        from ddpm.train.checkpoint import config_from_metadata, read_weights, resolve_checkpoint, WEIGHT_FILES
+
+        target = resolve_checkpoint(args.init_from)
+        files = [target] if target.is_file() else [target / n for n in WEIGHT_FILES if (target / n).is_file()]
+        if not files:
+            raise ConfigError(f"--init-from {args.init_from}: no weights found")
+        _, meta = read_weights(files[0])
+        cfg = config_from_metadata(meta, files[0])
+    else:
+        raise ConfigError("pass --preset NAME (see `ddpm train --help`), --init-from CKPT, or --resume")
+    overrides = list(args.overrides)
+    if args.data:
+        overrides.append(f"data.path={args.data}")
+    if args.data_source:
+        overrides.append(f"data.source={args.data_source}")
+    if args.batch_size:
+        overrides.append(f"train.batch_size={args.batch_size}")
+    if args.precision:
+        overrides.append(f"train.precision={args.precision}")
+    if args.steps and not args.resume:
+        overrides.append(f"train.steps={args.steps}")
+    cfg = apply_overrides(cfg, overrides)
+    if args.data and cfg.data.path != args.data:  # apply_overrides parses values; keep the path verbatim
+        cfg.data.path = args.data
+    return cfg
+
+
+def run(args) -> int:
+    import torch
+
+    from ddpm.train.trainer import Trainer
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.device and args.device.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"--device {args.device}: no CUDA GPU is available; use --device cpu")
+    if args.device and args.device.split(":")[0] not in ("cpu", "cuda"):
+        raise ConfigError(f"--device must be cpu, cuda or cuda:N, got {args.device!r}")
+    cfg = build_config(args)
+    trainer = Trainer(cfg, args.run_dir, device=args.device, resume=args.resume, init_from=args.init_from,
+                      progress=args.progress)
+    try:
+        record = trainer.train(steps=args.steps)
+    finally:
+        trainer.close()
+    if trainer.is_main:
+        loss = f", loss {record['loss']:.4f}" if "loss" in record else ""
+        print(f"trained {args.run_dir} to step {trainer.step}{loss}; checkpoints in {args.run_dir}/checkpoints",
+              file=sys.stderr)
+    return 0

@@ -1,0 +1,316 @@
+"""The paper's U-Net (``diffusion_tf/models/unet.py::model`` and ``diffusion_tf/nn.py``), spec §5.
+
+Module names mirror the authors' TF variable scopes (``down[i].block[j]``, ``down[i].attn[j]``,
+``down[i].downsample``, ``mid.block_1``/``attn_1``/``block_2``, ``up[i]...``, ``norm_out``,
+``conv_out``, ``temb.dense[0/1]``) so that converting their checkpoints is a renaming plus a
+transpose. ``up[i]`` is the up-path level at the same resolution as ``down[i]``; it runs in reverse.
+
+Beyond the paper: optional class conditioning (a label embedding added to the time embedding,
+with label ``num_classes`` as the "null" label for classifier-free guidance).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ddpm.config import UNetConfig
+from ddpm.errors import ConfigError
+
+# TF's variance_scaling treats scale 0 as 1e-10 (``nn.default_init``), so "zero" layers are tiny.
+ZERO_INIT_SCALE = 1e-10
+GN_EPS = 1e-6  # tf.contrib.layers.group_norm default; PyTorch's own default is 1e-5
+GN_GROUPS = 32
+
+
+def timestep_embedding(t: torch.Tensor, dim: int) -> torch.Tensor:
+    """Sinusoidal embedding of (float) timesteps, sin first, frequencies exp(-j ln(1e4)/(half-1)).
+
+    Always computed in float32 (even under autocast) because large t times high frequencies loses
+    too much precision in half types. Odd ``dim`` is zero-padded on the last column.
+    """
+    half = dim // 2
+    with torch.autocast(device_type=t.device.type, enabled=False):
+        scale = math.log(10000.0) / (half - 1)
+        freqs = torch.exp(torch.arange(half, device=t.device, dtype=torch.float32) * -scale)
+        args = t.to(torch.float32)[:, None] * freqs[None, :]
+        emb = torch.cat([torch.sin(args), torch.cos(args)], dim=1)
+        if dim % 2 == 1:
+            emb = F.pad(emb, (0, 1))
+    return emb
+
+
+def init_layer(layer: nn.Module, scale: float = 1.0) -> nn.Module:
+    """TF ``variance_scaling(scale, 'fan_avg', 'uniform')`` weights and zero biases (``nn.default_init``).
+
+    That is xavier_uniform with gain sqrt(scale); scale 0 means 1e-10 as in the authors' code.
+    """
+    scale = ZERO_INIT_SCALE if scale == 0 else scale
+    nn.init.xavier_uniform_(layer.weight, gain=math.sqrt(scale))
+    if layer.bias is not None:
+        nn.init.zeros_(layer.bias)
+    return layer
+
+
+def conv3x3(cin: int, cout: int, init_scale: float = 1.0, stride: int = 1) -> nn.Conv2d:
+    """3x3 conv; stride 1 is TF 'SAME' (pad 1), stride 2 pads explicitly in :class:`Downsample`."""
+    return init_layer(nn.Conv2d(cin, cout, 3, stride=stride, padding=1 if stride == 1 else 0), init_scale)
+
+
+def nin(cin: int, cout: int, init_scale: float = 1.0) -> nn.Conv2d:
+    """The authors' ``nin``: a dense layer over the channel axis, i.e. a 1x1 conv."""
+    return init_layer(nn.Conv2d(cin, cout, 1), init_scale)
+
+
+def group_norm(c: int) -> nn.GroupNorm:
+    return nn.GroupNorm(GN_GROUPS, c, eps=GN_EPS)
+
+
+def tf_same_pad(size: int, kernel: int = 3, stride: int = 2) -> tuple[int, int]:
+    """(before, after) padding of TF 'SAME' for one axis: the extra pixel goes after (bottom/right)."""
+    out = -(-size // stride)
+    total = max((out - 1) * stride + kernel - size, 0)
+    return total // 2, total - total // 2
+
+
+class ResnetBlock(nn.Module):
+    """GN-SiLU-conv1, + dense(SiLU(temb)), GN-SiLU-dropout-conv2 (init ~0), plus a 1x1 shortcut."""
+
+    def __init__(self, cin: int, cout: int, temb_ch: int, dropout: float):
+        super().__init__()
+        self.norm1 = group_norm(cin)
+        self.conv1 = conv3x3(cin, cout)
+        self.temb_proj = init_layer(nn.Linear(temb_ch, cout))
+        self.norm2 = group_norm(cout)
+        self.dropout = nn.Dropout(dropout)
+        self.conv2 = conv3x3(cout, cout, init_scale=0.0)
+        self.nin_shortcut = nin(cin, cout) if cin != cout else None
+
+    def forward(self, x: torch.Tensor, temb: torch.Tensor) -> torch.Tensor:
+        h = self.conv1(F.silu(self.norm1(x)))
+        h = h + self.temb_proj(F.silu(temb))[:, :, None, None]
+        h = self.conv2(self.dropout(F.silu(self.norm2(h))))
+        if self.nin_shortcut is not None:
+            x = self.nin_shortcut(x)
+        return x + h
+
+
+class AttnBlock(nn.Module):
+    """Single-head self-attention over all H*W positions with separate q, k, v 1x1 layers."""
+
+    def __init__(self, c: int):
+        super().__init__()
+        self.norm = group_norm(c)
+        self.q = nin(c, c)
+        self.k = nin(c, c)
+        self.v = nin(c, c)
+        self.proj_out = nin(c, c, init_scale=0.0)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, c, hgt, wid = x.shape
+        h = self.norm(x)
+
+        def tokens(layer: nn.Conv2d) -> torch.Tensor:  # (B, 1 head, H*W, C)
+            return layer(h).reshape(b, c, hgt * wid).transpose(1, 2).unsqueeze(1)
+
+        # SDPA's default scale is C^-1/2, the authors' scaling; it picks a fused kernel when it can.
+        out = F.scaled_dot_product_attention(tokens(self.q), tokens(self.k), tokens(self.v))
+        out = out.squeeze(1).transpose(1, 2).reshape(b, c, hgt, wid)
+        return x + self.proj_out(out)
+
+
+class Downsample(nn.Module):
+    """3x3 stride-2 conv with TF 'SAME' padding (asymmetric for even sizes: right/bottom only)."""
+
+    def __init__(self, c: int, with_conv: bool = True):
+        super().__init__()
+        self.conv = conv3x3(c, c, stride=2) if with_conv else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.conv is None:  # the authors' with_conv=False path: 2x2 average pooling
+            return F.avg_pool2d(x, 2, ceil_mode=True)
+        top, bottom = tf_same_pad(x.shape[-2])
+        left, right = tf_same_pad(x.shape[-1])
+        return self.conv(F.pad(x, (left, right, top, bottom)))
+
+
+class Upsample(nn.Module):
+    """Nearest-neighbour x2 (or to the skip connection's size, for odd sizes), then a 3x3 conv."""
+
+    def __init__(self, c: int, with_conv: bool = True):
+        super().__init__()
+        self.conv = conv3x3(c, c) if with_conv else None
+
+    def forward(self, x: torch.Tensor, size: tuple[int, int] | None = None) -> torch.Tensor:
+        if size is None or tuple(size) == (2 * x.shape[-2], 2 * x.shape[-1]):
+            x = F.interpolate(x, scale_factor=2.0, mode="nearest")
+        else:
+            x = F.interpolate(x, size=tuple(size), mode="nearest")
+        return self.conv(x) if self.conv is not None else x
+
+
+class TimestepMLP(nn.Module):
+    """dense0 (ch -> 4ch), SiLU, dense1 (4ch -> 4ch); no activation at the end."""
+
+    def __init__(self, ch: int, temb_ch: int):
+        super().__init__()
+        self.dense = nn.ModuleList([init_layer(nn.Linear(ch, temb_ch)), init_layer(nn.Linear(temb_ch, temb_ch))])
+
+    def forward(self, emb: torch.Tensor) -> torch.Tensor:
+        return self.dense[1](F.silu(self.dense[0](emb)))
+
+
+class _Level(nn.Module):
+    """One resolution of the down or up path: ``block``, ``attn`` and an optional resampler."""
+
+    def __init__(self):
+        super().__init__()
+        self.block = nn.ModuleList()
+        self.attn = nn.ModuleDict()  # keyed by block index, as the authors' ``attn_{j}`` scopes
+        self.downsample: nn.Module | None = None
+        self.upsample: nn.Module | None = None
+
+
+class _Mid(nn.Module):
+    def __init__(self, c: int, temb_ch: int, dropout: float):
+        super().__init__()
+        self.block_1 = ResnetBlock(c, c, temb_ch, dropout)
+        self.attn_1 = AttnBlock(c)
+        self.block_2 = ResnetBlock(c, c, temb_ch, dropout)
+
+
+class UNet(nn.Module):
+    """The DDPM U-Net. ``forward(x, t, y=None)`` maps (B, C, H, W) images and (B,) timesteps to
+    (B, out_channels, H, W). ``y`` (B,) class labels are used when ``config.num_classes`` is set;
+    ``y=None`` or a negative label means the null label ``num_classes``.
+    """
+
+    def __init__(self, config: UNetConfig):
+        super().__init__()
+        _validate(config)
+        self.config = config
+        ch, temb_ch, dropout = config.ch, 4 * config.ch, config.dropout
+        self.temb = TimestepMLP(ch, temb_ch)
+        self.label_emb = nn.Embedding(config.num_classes + 1, temb_ch) if config.num_classes else None
+        self.conv_in = conv3x3(config.in_channels, ch)
+
+        # Down path: remember every stored activation's channel count so the up path can consume them.
+        sizes = level_sizes(config.resolution, len(config.ch_mult))
+        attn_at = set(config.attn_resolutions)
+        skip_ch = [ch]
+        cin = ch
+        self.down = nn.ModuleList()
+        for i, mult in enumerate(config.ch_mult):
+            level = _Level()
+            for j in range(config.num_res_blocks):
+                level.block.append(ResnetBlock(cin, ch * mult, temb_ch, dropout))
+                cin = ch * mult
+                if sizes[i] in attn_at:
+                    level.attn[str(j)] = AttnBlock(cin)
+                skip_ch.append(cin)
+            if i != len(config.ch_mult) - 1:
+                level.downsample = Downsample(cin, config.resamp_with_conv)
+                skip_ch.append(cin)
+            self.down.append(level)
+
+        self.mid = _Mid(cin, temb_ch, dropout)
+
+        ups = []
+        for i, mult in reversed(list(enumerate(config.ch_mult))):
+            level = _Level()
+            for j in range(config.num_res_blocks + 1):
+                level.block.append(ResnetBlock(cin + skip_ch.pop(), ch * mult, temb_ch, dropout))
+                cin = ch * mult
+                if sizes[i] in attn_at:
+                    level.attn[str(j)] = AttnBlock(cin)
+            if i != 0:
+                level.upsample = Upsample(cin, config.resamp_with_conv)
+            ups.append(level)
+        self.up = nn.ModuleList(reversed(ups))  # up[i] sits at the resolution of down[i]
+
+        self.norm_out = group_norm(cin)
+        self.conv_out = conv3x3(cin, config.out_channels, init_scale=0.0)
+
+    @classmethod
+    def from_preset(cls, name: str, **overrides) -> "UNet":
+        """Build a preset network (see :data:`ddpm.models.presets.UNET_PRESETS`), fields overridable."""
+        from ddpm.models.presets import get_unet_config
+
+        return cls(get_unet_config(name, **overrides))
+
+    def embed(self, t: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+        """The (B, 4ch) conditioning vector: timestep MLP plus the optional label embedding."""
+        emb = self.temb(timestep_embedding(t, self.config.ch).to(self.temb.dense[0].weight.dtype))
+        if self.label_emb is not None:
+            null = self.config.num_classes
+            if y is None:
+                y = torch.full((t.shape[0],), null, dtype=torch.long, device=t.device)
+            else:
+                y = torch.where(y < 0, torch.full_like(y, null), y.long())
+            emb = emb + self.label_emb(y).to(emb.dtype)
+        elif y is not None:
+            raise ConfigError("class labels y were given but this network has num_classes=None (unconditional)")
+        return emb
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+        if not torch.is_tensor(t):
+            t = torch.tensor(t, device=x.device)
+        if t.ndim == 0:
+            t = t.expand(x.shape[0])
+        temb = self.embed(t.to(x.device), y)
+
+        hs = [self.conv_in(x)]
+        for level in self.down:
+            for j, block in enumerate(level.block):
+                h = block(hs[-1], temb)
+                if str(j) in level.attn:
+                    h = level.attn[str(j)](h)
+                hs.append(h)
+            if level.downsample is not None:
+                hs.append(level.downsample(hs[-1]))
+
+        h = hs[-1]
+        h = self.mid.block_2(self.mid.attn_1(self.mid.block_1(h, temb)), temb)
+
+        for level in reversed(self.up):
+            for j, block in enumerate(level.block):
+                h = block(torch.cat([h, hs.pop()], dim=1), temb)
+                if str(j) in level.attn:
+                    h = level.attn[str(j)](h)
+            if level.upsample is not None:
+                h = level.upsample(h, size=hs[-1].shape[-2:])
+
+        return self.conv_out(F.silu(self.norm_out(h)))
+
+
+def level_sizes(resolution: int, num_levels: int) -> list[int]:
+    """Spatial size at each level: TF-SAME stride-2 convs give ceil(size / 2) (28 -> 14 -> 7 -> 4)."""
+    sizes = [resolution]
+    for _ in range(num_levels - 1):
+        sizes.append(-(-sizes[-1] // 2))
+    return sizes
+
+
+def count_parameters(model: nn.Module, trainable_only: bool = True) -> int:
+    """Number of (trainable) parameters; the paper's CIFAR-10 net has 35,746,307."""
+    return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)
+
+
+def _validate(config: UNetConfig) -> None:
+    if not dataclasses.is_dataclass(config):
+        raise ConfigError(f"UNet needs a UNetConfig, got {type(config).__name__}")
+    widths = [config.ch] + [config.ch * m for m in config.ch_mult]
+    if config.ch < 2 or any(w % GN_GROUPS for w in widths):
+        raise ConfigError(
+            f"model.ch={config.ch} with ch_mult={tuple(config.ch_mult)} gives widths {widths}; "
+            f"every width must be a multiple of {GN_GROUPS} (GroupNorm groups)"
+        )
+    if config.num_res_blocks < 1 or not config.ch_mult:
+        raise ConfigError("model.num_res_blocks must be >= 1 and model.ch_mult non-empty")
+    if config.num_classes is not None and config.num_classes < 1:
+        raise ConfigError(f"model.num_classes must be a positive integer or None, got {config.num_classes}")
+    # attn_resolutions that match no level are ignored, as in the authors' code.

@@ -1,0 +1,235 @@
+"""Diffusers-layout DDPM weights: config mapping, state-dict conversion, folders, output parity."""
+
+import dataclasses
+import json
+
+import pytest
+import torch
+
+from ddpm.config import DiffusionConfig
+from ddpm.errors import CheckpointError, ConfigError
+from ddpm.models.convert_diffusers import (
+    convert_diffusers_state_dict,
+    diffusers_kwargs_for,
+    diffusion_config_from_scheduler,
+    load_diffusers_folder,
+    save_diffusers_folder,
+    scheduler_config_for,
+    to_diffusers_state_dict,
+    unet_config_from_diffusers,
+)
+from ddpm.models.presets import get_unet_config
+from ddpm.models.unet import UNet, count_parameters
+
+# The UNet2DModel configs published with the paper's weights (google/ddpm-cifar10-32 and the
+# 256x256 ones: -celebahq-256, -church-256, -bedroom-256, -cat-256 share one architecture).
+HUB_COMMON = {
+    "_class_name": "UNet2DModel", "act_fn": "silu", "attention_head_dim": None, "center_input_sample": False,
+    "downsample_padding": 0, "flip_sin_to_cos": False, "freq_shift": 1, "in_channels": 3, "layers_per_block": 2,
+    "mid_block_scale_factor": 1, "norm_eps": 1e-06, "norm_num_groups": 32, "out_channels": 3,
+    "time_embedding_type": "positional",
+}
+HUB_CIFAR10 = {
+    **HUB_COMMON, "sample_size": 32, "block_out_channels": [128, 256, 256, 256],
+    "down_block_types": ["DownBlock2D", "AttnDownBlock2D", "DownBlock2D", "DownBlock2D"],
+    "up_block_types": ["UpBlock2D", "UpBlock2D", "AttnUpBlock2D", "UpBlock2D"],
+}
+HUB_256 = {
+    **HUB_COMMON, "sample_size": 256, "block_out_channels": [128, 128, 256, 256, 512, 512],
+    "down_block_types": ["DownBlock2D"] * 4 + ["AttnDownBlock2D", "DownBlock2D"],
+    "up_block_types": ["UpBlock2D", "AttnUpBlock2D"] + ["UpBlock2D"] * 4,
+}
+HUB_SCHEDULER = {"_class_name": "DDPMScheduler", "beta_end": 0.02, "beta_schedule": "linear", "beta_start": 0.0001,
+                 "clip_sample": True, "num_train_timesteps": 1000, "trained_betas": None, "variance_type": "fixed_small"}
+# Both layouts at reduced size for fast CPU tests: same block types, depth and res blocks per level;
+# widths 32/64 instead of 128..512; the 256 layout at sample_size 32 (attention at 2x2, not 16x16).
+REDUCED_CIFAR10 = {**HUB_CIFAR10, "block_out_channels": [32, 64, 64, 64]}
+REDUCED_256 = {**HUB_256, "sample_size": 32, "block_out_channels": [32, 32, 64, 64, 64, 64]}
+
+
+def test_hub_configs_are_the_paper_networks():
+    cifar = unet_config_from_diffusers(HUB_CIFAR10)
+    assert cifar == get_unet_config("cifar10", dropout=0.0)
+    big = unet_config_from_diffusers(HUB_256)
+    assert big == get_unet_config("celebahq256")
+    with torch.device("meta"):
+        assert count_parameters(UNet(cifar)) == 35_746_307
+        assert count_parameters(UNet(big)) == 113_673_219
+
+
+def test_kwargs_round_trip_for_every_preset():
+    for name in ("cifar10", "celebahq256", "tiny", "small", "digits"):
+        cfg = get_unet_config(name)
+        assert unet_config_from_diffusers(diffusers_kwargs_for(cfg)) == cfg, name
+    cond = get_unet_config("tiny", num_classes=10)
+    assert diffusers_kwargs_for(cond)["num_class_embeds"] == 11
+    assert unet_config_from_diffusers(diffusers_kwargs_for(cond)) == cond
+    with pytest.raises(ConfigError, match="ch_mult"):
+        diffusers_kwargs_for(get_unet_config("tiny", ch_mult=(2, 2)))
+
+
+@pytest.mark.parametrize("change, match", [
+    ({"flip_sin_to_cos": True}, "flip_sin_to_cos"),
+    ({"norm_eps": 1e-5}, "norm_eps"),
+    ({"downsample_padding": 1}, "downsample_padding"),
+    ({"attention_head_dim": 8}, "multi-head"),
+    ({"up_block_types": ["UpBlock2D"] * 4}, "only one side"),
+    ({"down_block_types": ["CrossAttnDownBlock2D"] + HUB_CIFAR10["down_block_types"][1:]}, "not part"),
+    ({"_class_name": "UNet2DConditionModel"}, "UNet2DModel"),
+])
+def test_unsupported_configs_are_config_errors(change, match):
+    with pytest.raises(ConfigError, match=match):
+        unet_config_from_diffusers({**HUB_CIFAR10, **change})
+
+
+def test_scheduler_mapping():
+    d = diffusion_config_from_scheduler(HUB_SCHEDULER)
+    assert d == DiffusionConfig(var_type="fixedsmall")  # linear 1e-4 -> 0.02, T=1000, eps, mse
+    assert diffusion_config_from_scheduler({**HUB_SCHEDULER, "variance_type": "fixed_large"}).var_type == "fixedlarge"
+    learned = diffusion_config_from_scheduler({**HUB_SCHEDULER, "variance_type": "learned_range",
+                                               "beta_schedule": "squaredcos_cap_v2", "num_train_timesteps": 4000})
+    assert (learned.var_type, learned.schedule, learned.num_timesteps, learned.loss_type) == (
+        "learned_range", "cosine", 4000, "hybrid")
+    assert diffusion_config_from_scheduler(scheduler_config_for(d)) == d
+    with pytest.raises(ConfigError, match="v_prediction"):
+        diffusion_config_from_scheduler({**HUB_SCHEDULER, "prediction_type": "v_prediction"})
+    with pytest.raises(ConfigError, match="trained_betas"):
+        diffusion_config_from_scheduler({**HUB_SCHEDULER, "trained_betas": [0.1] * 10})
+
+
+def _random(model: UNet, seed: int = 0) -> UNet:
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.copy_(torch.randn(p.shape, generator=g) * 0.05)
+    return model.eval()
+
+
+def test_state_dict_round_trip_and_legacy_names():
+    cfg = get_unet_config("tiny", num_classes=3)
+    src = _random(UNet(cfg))
+    theirs = to_diffusers_state_dict(src)
+    assert "up_blocks.0.attentions.1.to_out.0.weight" in theirs  # our up[1] is their first up block
+    assert theirs["mid_block.attentions.0.to_q.weight"].shape == (64, 64)  # Linear, not 1x1 conv
+    back = convert_diffusers_state_dict(theirs, cfg)
+    assert all(torch.equal(back[k], v) for k, v in src.state_dict().items())
+    # Files written by older diffusers name the attention layers query/key/value/proj_attn.
+    legacy = {k.replace("to_q.", "query.").replace("to_k.", "key.").replace("to_v.", "value.")
+              .replace("to_out.0.", "proj_attn."): v for k, v in theirs.items()}
+    back = convert_diffusers_state_dict(legacy, cfg)
+    assert torch.equal(back["mid.attn_1.proj_out.weight"], src.mid.attn_1.proj_out.weight)
+    with pytest.raises(CheckpointError, match="1 missing"):
+        convert_diffusers_state_dict({k: v for k, v in theirs.items() if not k.startswith("conv_out.w")}, cfg)
+    with pytest.raises(CheckpointError, match="shape"):
+        convert_diffusers_state_dict(theirs, get_unet_config("tiny", num_classes=3, out_channels=3))
+
+
+@pytest.mark.parametrize("layout", ["pipeline", "flat-bin"])
+def test_folder_layouts_without_diffusers(tmp_path, layout):
+    cfg = get_unet_config("tiny")
+    src = _random(UNet(cfg))
+    diffusion = DiffusionConfig(var_type="fixedlarge")
+    if layout == "pipeline":
+        save_diffusers_folder(src, diffusion, tmp_path)
+    else:  # google/ddpm-cifar10-32 style: everything at the top level, weights as a .bin
+        (tmp_path / "config.json").write_text(json.dumps({"_class_name": "UNet2DModel", **diffusers_kwargs_for(cfg)}))
+        torch.save(to_diffusers_state_dict(src), tmp_path / "diffusion_pytorch_model.bin")
+        (tmp_path / "scheduler_config.json").write_text(json.dumps(scheduler_config_for(diffusion)))
+    model, dcfg = load_diffusers_folder(tmp_path)
+    assert dcfg == diffusion and model.config == cfg and not model.training
+    x, t = torch.randn(1, 3, 16, 16), torch.tensor([123])
+    with torch.no_grad():
+        assert torch.equal(model(x, t), src(x, t))
+
+
+def test_folder_errors(tmp_path):
+    with pytest.raises(CheckpointError, match="not a directory"):
+        load_diffusers_folder(tmp_path / "missing")
+    with pytest.raises(CheckpointError, match="config.json"):
+        load_diffusers_folder(tmp_path)
+    (tmp_path / "config.json").write_text(json.dumps(HUB_CIFAR10))
+    with pytest.raises(CheckpointError, match="diffusion_pytorch_model"):
+        load_diffusers_folder(tmp_path)
+    (tmp_path / "diffusion_pytorch_model.safetensors").write_bytes(b"not a safetensors file")
+    with pytest.raises(CheckpointError, match="cannot read"):
+        load_diffusers_folder(tmp_path)
+
+
+# ----------------------------------------------------------------- against diffusers itself
+
+
+def _parity(hub_config: dict, class_labels=None, seed: int = 0) -> float:
+    diffusers = pytest.importorskip("diffusers")
+    kwargs = {k: v for k, v in hub_config.items() if not k.startswith("_")}
+    torch.manual_seed(seed)
+    theirs = diffusers.UNet2DModel(**kwargs).eval()  # diffusers' own (non-zero) random init
+    cfg = unet_config_from_diffusers(dict(theirs.config))
+    with torch.device("meta"):
+        ours = UNet(cfg)
+    ours.load_state_dict(convert_diffusers_state_dict(theirs.state_dict(), cfg), assign=True)
+    ours.eval()
+    n = cfg.resolution
+    x = torch.randn(len(class_labels) if class_labels is not None else 1, cfg.in_channels, n, n,
+                    generator=torch.Generator().manual_seed(seed))
+    t = torch.tensor([7, 901][: len(x)])
+    with torch.no_grad():
+        ref = theirs(x, t, class_labels=class_labels).sample
+        out = ours(x, t, class_labels)
+    assert ref.abs().max() > 0.1  # a real signal, not near-zero outputs
+    return (out - ref).abs().max().item()
+
+
+def test_cifar10_layout_matches_diffusers():
+    assert _parity(REDUCED_CIFAR10) <= 1e-5
+
+
+@pytest.mark.slow
+def test_full_size_cifar10_matches_diffusers():
+    assert _parity(HUB_CIFAR10) <= 1e-5
+
+
+def test_reduced_256_layout_matches_diffusers():
+    assert _parity(REDUCED_256) <= 1e-5
+
+
+def test_class_conditional_matches_diffusers():
+    cfg = {**REDUCED_256, "sample_size": 16, "block_out_channels": [32, 64], "layers_per_block": 1,
+           "down_block_types": ["DownBlock2D", "AttnDownBlock2D"], "up_block_types": ["AttnUpBlock2D", "UpBlock2D"],
+           "num_class_embeds": 5}
+    assert _parity(cfg, class_labels=torch.tensor([0, 4])) <= 1e-5
+
+
+def test_saved_folder_loads_in_diffusers(tmp_path):
+    diffusers = pytest.importorskip("diffusers")
+    cfg = dataclasses.replace(get_unet_config("tiny"), out_channels=3)
+    src = _random(UNet(cfg))
+    save_diffusers_folder(src, DiffusionConfig(), tmp_path)
+    theirs = diffusers.UNet2DModel.from_pretrained(tmp_path / "unet").eval()
+    sched = diffusers.DDPMScheduler.from_pretrained(tmp_path / "scheduler")
+    assert sched.config.variance_type == "fixed_large" and sched.config.num_train_timesteps == 1000
+    x, t = torch.randn(2, 3, 16, 16), torch.tensor([0, 999])
+    with torch.no_grad():
+        assert (theirs(x, t).sample - src(x, t)).abs().max() <= 1e-5
+
+
+def test_cli_diffusers_import_and_export(tmp_path, capsys):
+    from ddpm.cli import main
+    from ddpm.train.checkpoint import load_checkpoint
+
+    cfg = get_unet_config("tiny")
+    src = _random(UNet(cfg))
+    save_diffusers_folder(src, DiffusionConfig(var_type="fixedsmall"), tmp_path / "hub")
+    # load_checkpoint reads a diffusers folder directly ...
+    direct = load_checkpoint(tmp_path / "hub")
+    assert direct.config.model == cfg and direct.config.diffusion.var_type == "fixedsmall"
+    # ... and `ddpm convert diffusers` turns it into a ddpm checkpoint.
+    assert main(["convert", "diffusers", str(tmp_path / "hub"), str(tmp_path / "ckpt")]) == 0
+    assert "703,366 parameters" in capsys.readouterr().out
+    ckpt = load_checkpoint(tmp_path / "ckpt")
+    assert ckpt.weights == "ema" and ckpt.config.diffusion == DiffusionConfig(var_type="fixedsmall")
+    x, t = torch.randn(1, 3, 16, 16), torch.tensor([42])
+    with torch.no_grad():
+        assert torch.equal(ckpt.model(x, t), src(x, t))
+    assert main(["convert", "to-diffusers", str(tmp_path / "ckpt"), str(tmp_path / "back")]) == 0
+    model, dcfg = load_diffusers_folder(tmp_path / "back")
+    assert dcfg.var_type == "fixedsmall" and torch.equal(model.conv_out.weight, src.conv_out.weight)
