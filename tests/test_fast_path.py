@@ -295,6 +295,68 @@ def test_sampling_loop_makes_no_host_sync():
         torch.cuda.set_sync_debug_mode("default")
 
 
+class _RandomImages(torch.utils.data.Dataset):
+    """uint8 images with the attributes the trainer uses to keep the whole set on the device."""
+
+    def __init__(self, n: int, config: UNetConfig = SMALL):
+        shape = (n, config.in_channels, config.resolution, config.resolution)
+        self.images = torch.randint(0, 256, shape, dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+        self.labels = torch.full((n,), -1, dtype=torch.long)
+        self.shape = shape[1:]
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, i):
+        return self.images[i], -1
+
+
+@cuda_only
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_training_step_makes_no_host_sync(tmp_path, precision):
+    """Trainer.train_step queues a whole update (data, loss, backward, clip, Adam, EMA) without
+    waiting on the GPU: syncs happen only at log/checkpoint steps."""
+    from ddpm.presets import get_preset
+    from ddpm.train.trainer import Trainer
+
+    cfg = get_preset("cifar10")
+    cfg.model = SMALL
+    cfg.data.resolution, cfg.data.channels = SMALL.resolution, SMALL.in_channels
+    cfg.train.batch_size, cfg.train.precision = 4, precision
+    cfg.train.log_every = cfg.train.sample_every = cfg.train.ckpt_every = 10**6
+    trainer = Trainer(cfg, tmp_path / "run", device=DEVICE, dataset=_RandomImages(16), progress=False,
+                      tensorboard=False)
+    trainer.train_step()  # first step allocates optimizer state and caches tables
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        for _ in range(3):
+            trainer.train_step()
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+
+
+@pytest.mark.slow
+def test_benchmark_script_runs_and_writes_json(tmp_path):
+    """benchmarks/bench.py end to end on the small preset (ddpm alone, one round)."""
+    import importlib.util
+    import json
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "bench.py"
+    spec = importlib.util.spec_from_file_location("ddpm_bench", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    out = tmp_path / "cpu.json"
+    assert bench.main(["--preset", "small", "--no-diffusers", "--repeats", "1", "--train-batch", "2",
+                       "--sample-batch", "2", "--sample-steps", "1", "--out", str(out)]) == 0
+    res = json.loads(out.read_text())
+    assert res["params"] == 2245763 and res["ddpm_train_step"] == "Trainer.train_step"
+    for group in ("train", "ddpm", "ddim"):
+        row = res["modes"]["fp32"][group]["contenders"]["ddpm"]
+        assert row["sec_per_step_median"] > 0 and len(row["sec_per_step_all"]) == 1
+
+
 # ------------------------------------------------------------------------------ FLOP counts
 
 

@@ -6,9 +6,19 @@ import numpy as np
 import pytest
 import torch
 
+import ddpm.resample as resample
 from ddpm.errors import ConfigError
 from ddpm.resample import LossSecondMomentResampler, UniformSampler, create_timestep_sampler
-import ddpm.resample as resample
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny tensors: with the 2-core machine shared, a second torch thread only adds contention
+    (measured: a small U-Net forward 10 ms on 1 thread, up to 1.8 s on 2 threads under load)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 def _fill(sampler, T, rounds, value=lambda t, r: float(t + 1) * (1 + 0.1 * r)):
@@ -140,3 +150,44 @@ def test_ddp_two_processes_hold_identical_histories(tmp_path):
     a = json.load(open(tmp_path / "state.0"))
     b = json.load(open(tmp_path / "state.1"))
     assert a == b and a["counts"] == [2, 2, 2]
+
+
+@pytest.mark.slow
+def test_trainer_uses_and_checkpoints_the_importance_sampler(tmp_path):
+    """The improved-cifar10-kl combination (learned_range, kl, loss-second-moment) on digits-tiny."""
+    from ddpm.config import apply_overrides
+    from ddpm.presets import get_preset
+    from ddpm.train.trainer import Trainer
+
+    cfg = apply_overrides(get_preset("digits-tiny"), [
+        "diffusion.num_timesteps=4", "diffusion.var_type=learned_range", "diffusion.loss_type=kl",
+        "model.out_channels=2", "train.timestep_sampler=loss-second-moment", "train.steps=8",
+        "train.ckpt_every=4", "train.batch_size=8"])
+    trainer = Trainer(cfg, tmp_path / "run", device="cpu", progress=False, tensorboard=False)
+    trainer.train(8)  # 64 losses over 4 timesteps: every t has its 10
+    sampler = trainer.timestep_sampler
+    assert isinstance(sampler, LossSecondMomentResampler) and sampler.warmed_up()
+    weights = sampler.weights()
+    assert not torch.allclose(weights, torch.full((4,), 0.25, dtype=torch.float64))
+    trainer.close()
+    resumed = Trainer(None, tmp_path / "run", device="cpu", resume=True, progress=False, tensorboard=False)
+    assert torch.equal(resumed.timestep_sampler.weights(), weights)
+    resumed.close()
+
+
+def test_improved_ddpm_presets():
+    from ddpm.presets import get_preset
+    from ddpm.train.validate import validate_config
+
+    hybrid, kl = validate_config(get_preset("improved-cifar10")), validate_config(get_preset("improved-cifar10-kl"))
+    for cfg in (hybrid, kl):
+        d = cfg.diffusion.build()
+        assert (d.num_timesteps, d.var_type, cfg.model.out_channels) == (4000, "learned_range", 6)
+        assert abs(d.betas[0] - 9.87e-6) < 5e-9  # spec §8.1: cosine, T = 4000
+        m, t = cfg.model, cfg.train
+        assert (m.ch, m.num_res_blocks, m.attn_resolutions, m.dropout) == (128, 3, (16, 8), 0.3)
+        assert (t.lr, t.batch_size) == (1e-4, 128)
+    assert (hybrid.diffusion.loss_type, hybrid.train.timestep_sampler) == ("hybrid", "uniform")
+    assert (kl.diffusion.loss_type, kl.train.timestep_sampler) == ("kl", "loss-second-moment")
+    cond = validate_config(get_preset("cifar10-cond"))
+    assert (cond.model.num_classes, cond.data.class_labels, cond.train.class_dropout) == (10, True, 0.1)

@@ -134,7 +134,8 @@ class CUDAGraphModel:
 
     def _eager(self, x: torch.Tensor, t: torch.Tensor, kwargs: dict) -> torch.Tensor:
         with autocast(x.device, self.precision):
-            return self.model(x, t, **kwargs)
+            out = self.model(x, t, **kwargs)
+        return out.float()  # the diffusion maths downstream stays fp32
 
     def __call__(self, x: torch.Tensor, t: torch.Tensor, **kwargs) -> torch.Tensor:
         if x.device.type != "cuda":

@@ -331,6 +331,8 @@ class GaussianDiffusion:
         mean, _, log_variance = self.q_mean_variance(x0, t)
         return mean_flat(normal_kl(mean, log_variance, 0.0, 0.0)) / LN2
 
+    _prior_bpd = prior_bpd
+
     @torch.no_grad()
     def calc_bpd_loop(
         self,

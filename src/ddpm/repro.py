@@ -65,8 +65,8 @@ def _tiny_config() -> Config:
         model=UNetConfig(in_channels=1, out_channels=1, ch=32, ch_mult=(1, 2), num_res_blocks=1,
                          attn_resolutions=(8,), dropout=0.0, resolution=16),
         diffusion=DiffusionConfig(num_timesteps=100, beta_start=1e-3, beta_end=0.2),
-        train=TrainConfig(lr=1e-3, warmup=100, batch_size=64, ema_decay=0.995, steps=800, random_flip=False,
-                          log_every=100, sample_every=0, ckpt_every=800, keep_checkpoints=1),
+        train=TrainConfig(lr=1e-3, warmup=50, batch_size=32, ema_decay=0.99, steps=300, random_flip=False,
+                          log_every=50, sample_every=0, ckpt_every=300, keep_checkpoints=1),
         data=DataConfig(source="digits", resolution=16, channels=1),
         preset="repro-tiny",
     )
@@ -96,15 +96,16 @@ class Scale:
     config: Callable[[str], Config]
     nll_num: int | None  # images per NLL split (None: all)
     fid_num: int  # samples for FID/IS
+    ref_num: int | None  # training images for the FID reference statistics (None: all)
     eval_batch: int
     chains: int = 4  # figure sizes
     interp_t: int | None = None  # Fig. 8's t (None: T/2)
 
 
 SCALE_SETTINGS = {
-    "paper": Scale("paper", _paper_config, nll_num=None, fid_num=50_000, eval_batch=256, interp_t=500),
-    "tiny": Scale("tiny", lambda target: _tiny_config(), nll_num=256, fid_num=1000, eval_batch=128),
-    "smoke": Scale("smoke", lambda target: _smoke_config(), nll_num=6, fid_num=10, eval_batch=4, chains=2),
+    "paper": Scale("paper", _paper_config, nll_num=None, fid_num=50_000, ref_num=None, eval_batch=256, interp_t=500),
+    "tiny": Scale("tiny", lambda target: _tiny_config(), nll_num=64, fid_num=500, ref_num=500, eval_batch=64),
+    "smoke": Scale("smoke", lambda target: _smoke_config(), nll_num=6, fid_num=10, ref_num=10, eval_batch=4, chains=2),
 }
 
 
@@ -218,13 +219,13 @@ class Repro:
         self.log(f"sampling {n} images from {key} for FID/IS")
         x = self.timed(f"sample {key}", generate, ck.model, ck.diffusion, n, batch_size=self.scale.eval_batch,
                        seed=0, device=next(ck.model.parameters()).device, progress=True)
-        ref_path = self.out / "reference_stats_train.npz"
+        ref_path = self.out / f"reference_stats_train_{self.scale.ref_num or 'all'}.npz"
         if ref_path.is_file():
             from ddpm.evaluate.fid import InceptionStats
 
             ref = InceptionStats.load(ref_path)
         else:
-            xr, _, _ = eval_images(None, self.eval_config(ck), split="train")
+            xr, _, _ = eval_images(None, self.eval_config(ck), split="train", num=self.scale.ref_num)
             ref = self.timed("reference stats", compute_statistics, net, xr, progress=True)
             ref.save(ref_path)
         return self.timed(f"fid/is {key}", score_images, net, x, ref)

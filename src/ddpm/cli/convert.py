@@ -37,6 +37,8 @@ def add_parser(subparsers) -> None:
     q.add_argument("src", help="folder with config.json + diffusion_pytorch_model.safetensors|.bin "
                                "(or unet/ and scheduler/ subfolders)")
     q.add_argument("out", help="checkpoint directory to write")
+    q.add_argument("--var-type", choices=("fixedlarge", "fixedsmall"),
+                   help="sampling variance (default: the scheduler config's variance_type)")
     q.add_argument("--force", action="store_true", help="overwrite OUT if it exists")
     q.set_defaults(func=run_diffusers)
 
@@ -95,6 +97,8 @@ def run_diffusers(args: argparse.Namespace) -> int:
 
     out = _check_out(args.out, args.force)
     model, diffusion = load_diffusers_folder(args.src)
+    if args.var_type:
+        diffusion.var_type = args.var_type
     cfg = Config(model=model.config, diffusion=diffusion, data=_data_for(model.config))
     # The published diffusers DDPM weights are the authors' EMA weights: store them as such.
     save_checkpoint(out, config=cfg, step=0, ema_state=model.state_dict())

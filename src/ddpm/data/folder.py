@@ -16,6 +16,7 @@ from pathlib import Path
 
 import torch
 from PIL import Image, UnidentifiedImageError
+from tqdm import tqdm
 
 from ddpm.errors import DataError
 from ddpm.data.dataset import ImageDataset
@@ -96,5 +97,7 @@ def load_folder(
                             paths=[str(p) for p in paths], loader=loader, shape=shape)
     # PIL releases the GIL while decoding and resizing, so threads help.
     with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
-        images = torch.stack(list(pool.map(loader, paths)))
+        decoded = tqdm(pool.map(loader, paths), total=len(paths), desc=f"reading {root}", unit="img",
+                       leave=False, disable=None if len(paths) > 1000 else True)
+        images = torch.stack(list(decoded))
     return ImageDataset(images, labels, num_classes=num_classes, class_names=class_names, name=name)

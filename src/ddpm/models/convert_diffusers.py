@@ -45,6 +45,8 @@ _REQUIRED = {
     "class_embed_type": None,
     "attn_norm_num_groups": None,
 }
+_DEFAULTS_MATCH = ("mid_block_type", "add_attention", "downsample_type", "upsample_type", "class_embed_type",
+                   "attn_norm_num_groups")
 _LEGACY_ATTN = {"to_q": "query", "to_k": "key", "to_v": "value", "to_out.0": "proj_attn"}
 _SCHEDULES = {"linear": "linear", "squaredcos_cap_v2": "cosine"}
 _VAR_TYPES = {
@@ -126,10 +128,12 @@ def diffusers_kwargs_for(config: UNetConfig) -> dict[str, Any]:
         up_block_types=tuple("AttnUpBlock2D" if a else "UpBlock2D" for a in reversed(attn)),
         layers_per_block=config.num_res_blocks,
         attention_head_dim=None,
-        dropout=config.dropout,
         num_class_embeds=config.num_classes + 1 if config.num_classes else None,
     )
-    kwargs.update({k: v for k, v in _REQUIRED.items() if k not in ("class_embed_type", "attn_norm_num_groups")})
+    if config.dropout:
+        kwargs["dropout"] = config.dropout
+    # Settings whose UNet2DModel defaults already match (and that older diffusers lack) are left out.
+    kwargs.update({k: v for k, v in _REQUIRED.items() if k not in _DEFAULTS_MATCH})
     return kwargs
 
 

@@ -80,7 +80,7 @@ def generate(model, diffusion, num_images: int, *, batch_size: int = 64, sampler
              steps: int | None = None, eta: float = 0.0, spacing: str = "uniform",
              class_labels=None, guidance: float = 0.0, clip_denoised: bool = True, seed: int = 0,
              device=None, progress: bool = False, rank: int = 0, world_size: int = 1,
-             image_shape: Sequence[int] | None = None) -> torch.Tensor:
+             image_shape: Sequence[int] | None = None, fast=None) -> torch.Tensor:
     """Sample ``num_images`` images; returns float32 (n, C, H, W) in [−1, 1] on the CPU.
 
     - ``sampler="ddpm"``: ``steps=None`` runs the full Algorithm 2 (``diffusion.p_sample_loop``);
@@ -94,6 +94,8 @@ def generate(model, diffusion, num_images: int, *, batch_size: int = 64, sampler
       model and labels.
     - ``rank``/``world_size``: return only the images i with i % world_size == rank, in order.
     - ``image_shape``: (C, H, W) for models without a ``config`` (otherwise read from it).
+    - ``fast``: an optional :class:`ddpm.accel.FastPath` (channels_last, bf16 autocast, compile,
+      CUDA graphs) applied to the network call; None runs the plain fp32 model.
 
     Image i depends only on (seed, i) and the sampler settings, not on batch_size or world_size.
     """
@@ -145,8 +147,12 @@ def generate(model, diffusion, num_images: int, *, batch_size: int = 64, sampler
     stochastic = sampler == "ddpm" or eta > 0
     num_step_noise = chain.num_timesteps - 1 if stochastic else 0  # no noise at code t = 0
     net = model
+    if fast is not None and isinstance(model, torch.nn.Module):
+        from ddpm.accel import wrap_for_sampling
+
+        net = wrap_for_sampling(model, fast, device)
     if guidance > 0:
-        net = ClassifierFreeGuidance(model, guidance, null_label=num_classes, data_channels=image_shape[0])
+        net = ClassifierFreeGuidance(net, guidance, null_label=num_classes, data_channels=image_shape[0])
 
     local = list(range(int(rank), n, world_size))
     out = []

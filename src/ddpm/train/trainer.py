@@ -106,7 +106,9 @@ class Trainer:
         self._prepare_data()
 
         # ---- network, EMA, optimizer, diffusion, timestep sampler
-        torch.manual_seed(tc.seed)
+        torch.manual_seed(tc.seed)  # the network's initialisation, identical on every rank
+        random.seed(tc.seed)
+        np.random.seed(tc.seed)
         from ddpm.models.unet import UNet
 
         self.model = UNet(self.config.model).to(self.device)
@@ -168,17 +170,25 @@ class Trainer:
             return config
         if config is None:
             raise ConfigError("no config given: pass a preset (or resume an existing run)")
-        if self.run_dir.exists() and (not self.run_dir.is_dir() or any(self.run_dir.iterdir())):
-            raise CheckpointError(f"run directory {self.run_dir} already exists and is not empty; "
-                                  "pass --resume to continue it or choose a new --run-dir")
-        if self.dist.is_main:
-            try:
-                self.run_dir.mkdir(parents=True, exist_ok=True)
-            except OSError as e:
-                raise CheckpointError(f"cannot create run directory {self.run_dir}: {e.strerror}") from None
-            if not os.access(self.run_dir, os.W_OK):
-                raise CheckpointError(f"run directory {self.run_dir} is not writable")
+        error = None
+        if self.dist.is_main:  # rank 0 alone looks and creates, then tells the others
+            error = self._claim_run_dir()
+        error = distributed.broadcast_object(error)
+        if error:
+            raise CheckpointError(error)
         return config
+
+    def _claim_run_dir(self) -> str | None:
+        if self.run_dir.exists() and (not self.run_dir.is_dir() or any(self.run_dir.iterdir())):
+            return (f"run directory {self.run_dir} already exists and is not empty; "
+                    "pass --resume to continue it or choose a new --run-dir")
+        try:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            return f"cannot create run directory {self.run_dir}: {e.strerror}"
+        if not os.access(self.run_dir, os.W_OK):
+            return f"run directory {self.run_dir} is not writable"
+        return None
 
     def _prepare_data(self) -> None:
         ds, mc = self.dataset, self.config.model

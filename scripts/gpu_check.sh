@@ -1,0 +1,76 @@
+#!/usr/bin/env bash
+# The whole GPU check of the speed work in one call, from the repository root of a CUDA machine:
+#   1. tests/test_fast_path.py on CUDA (fast paths compute the same function; bf16 tolerance;
+#      fused Adam; CUDA-graph replay; no host sync in the sampling loop; the slow checks too)
+#   2. benchmarks/bench.py --device cuda: ddpm vs diffusers (defaults and with our tricks),
+#      bf16 and fp32, training and sampling, CUDA-graph sampling  -> cuda.json
+#   3. benchmarks/gpu_targets.py: 8,000 img/s training at batch 128 (eager and compiled),
+#      the 50k x 1000-step sampling projection, and the >= 1.5x diffusers verdicts -> gpu_targets.json
+#
+# Usage:  bash scripts/gpu_check.sh              (all stages; ~6-8 minutes on an H100)
+#         STAGES="tests bench" bash scripts/gpu_check.sh   (a subset, e.g. to fit a 10-minute limit)
+# Env:    PYTHON (default python3: the interpreter that has CUDA torch), RESULTS (default $OUT if
+#         set, else benchmarks/results). diffusers: installed, or a wheel in .whl/ (scripts/gpu_wheels.sh).
+# Exit status: non-zero if any stage failed; the summary at the end lists each stage.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+PY="${PYTHON:-python3}"
+RESULTS="${RESULTS:-${OUT:-benchmarks/results}}"
+STAGES="${STAGES:-tests bench targets}"
+DEVICE="${DEVICE:-cuda}"  # DEVICE=cpu with small BENCH_ARGS/TARGET_ARGS: a dry run of this script
+BENCH_ARGS="${BENCH_ARGS:-}"
+TARGET_ARGS="${TARGET_ARGS:-}"
+mkdir -p "$RESULTS"
+export PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
+
+if ! "$PY" -c 'import diffusers' 2>/dev/null && ls .whl/diffusers-*.whl >/dev/null 2>&1; then
+  "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/ddpm-site .whl/*.whl \
+    && export PYTHONPATH="$PYTHONPATH:/tmp/ddpm-site"
+fi
+
+echo "== environment"
+nvidia-smi -L 2>/dev/null || echo "nvidia-smi not found"
+"$PY" - <<'PY'
+import torch
+print("torch", torch.__version__, "cuda", torch.version.cuda, "available", torch.cuda.is_available())
+if torch.cuda.is_available():
+    print("device", torch.cuda.get_device_name(0), "capability", torch.cuda.get_device_capability(0))
+try:
+    import diffusers
+    print("diffusers", diffusers.__version__)
+except ImportError:
+    print("diffusers not importable: the benchmark runs ddpm alone (scripts/gpu_wheels.sh fixes this)")
+PY
+if [ "$DEVICE" = cuda ]; then
+  "$PY" -c 'import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)' || { echo "no CUDA device: stop"; exit 2; }
+fi
+
+declare -A rc
+for stage in $STAGES; do
+  echo; echo "== stage: $stage"; start=$(date +%s)
+  case "$stage" in
+    tests)
+      DDPM_TEST_DEVICE="$DEVICE" "$PY" -m pytest -q -p no:cacheprovider -m "slow or not slow" -rs \
+        tests/test_fast_path.py 2>&1 | tee "$RESULTS/gpu_tests.log"
+      rc[$stage]=${PIPESTATUS[0]} ;;
+    bench)
+      extra=""; "$PY" -c 'import diffusers' 2>/dev/null || extra="--no-diffusers"
+      "$PY" benchmarks/bench.py --device "$DEVICE" --cuda-graph $extra $BENCH_ARGS --out "$RESULTS/cuda.json" 2>&1 \
+        | tee "$RESULTS/cuda_bench.log"
+      rc[$stage]=${PIPESTATUS[0]} ;;
+    targets)
+      "$PY" benchmarks/gpu_targets.py --device "$DEVICE" $TARGET_ARGS --bench-json "$RESULTS/cuda.json" --out "$RESULTS/gpu_targets.json" 2>&1 \
+        | tee "$RESULTS/gpu_targets.log"
+      rc[$stage]=${PIPESTATUS[0]} ;;
+    *) echo "unknown stage $stage (tests, bench, targets)"; rc[$stage]=2 ;;
+  esac
+  echo "-- $stage: exit ${rc[$stage]} in $(( $(date +%s) - start )) s"
+done
+
+echo; echo "== summary (results in $RESULTS)"
+status=0
+for stage in $STAGES; do
+  echo "  $stage: $([ "${rc[$stage]}" = 0 ] && echo ok || echo "FAILED (exit ${rc[$stage]})")"
+  [ "${rc[$stage]}" = 0 ] || status=1
+done
+exit $status

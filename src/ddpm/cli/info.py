@@ -1,0 +1,97 @@
+"""`ddpm info PATH`: what a checkpoint or run is — preset, step, network, weights, files."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from ddpm.errors import CheckpointError
+
+
+def add_parser(subparsers) -> None:
+    p = subparsers.add_parser("info", help="describe a checkpoint or run directory",
+                              description="Show preset, step, parameter count, weights and files of a "
+                                          "run dir, checkpoint dir, .safetensors file or diffusers folder.")
+    p.add_argument("path", help="run dir, checkpoint dir, .safetensors file or diffusers folder")
+    p.add_argument("--json", action="store_true", help="print the full config as JSON instead")
+    p.set_defaults(func=run)
+
+
+def _tensor_summary(path: Path) -> tuple[int, set[str]]:
+    from safetensors import safe_open
+
+    n, dtypes = 0, set()
+    with safe_open(str(path), framework="pt") as f:
+        for k in f.keys():
+            s = f.get_slice(k)
+            numel = 1
+            for d in s.get_shape():
+                numel *= d
+            n += numel
+            dtypes.add(s.get_dtype())
+    return n, dtypes
+
+
+def describe(path: str | Path) -> tuple[list[str], dict]:
+    """Lines describing ``path`` and its config dict."""
+    from ddpm.train import checkpoint as ckpt
+
+    p = Path(path)
+    lines: list[str] = []
+    if p.is_dir() and ckpt._is_diffusers(p):
+        loaded = ckpt.load_checkpoint(p)
+        n = sum(t.numel() for t in loaded.model.parameters())
+        cfg = loaded.config
+        lines += [f"path:        {p} (diffusers folder)", f"parameters:  {n:,}"]
+        return lines + _config_lines(cfg), cfg.to_dict()
+    target = ckpt.resolve_checkpoint(p)
+    if (p / "checkpoints").is_dir():
+        steps = [d.name for d in ckpt.list_checkpoints(p)]
+        lines.append(f"run:         {p} (checkpoints: {', '.join(steps) or 'none'})")
+    files = [target] if target.is_file() else sorted(f for f in target.iterdir() if f.is_file())
+    if target.is_dir() and (target / ckpt.MANIFEST).is_file():
+        ckpt.verify_checkpoint(target)
+    weights = [f for f in files if f.name in ckpt.WEIGHT_FILES] or [f for f in files if f.suffix == ".safetensors"]
+    if not weights:
+        raise CheckpointError(f"{target} holds no weights file")
+    meta = ckpt._read_safetensors_header(weights[0])
+    cfg = ckpt.config_from_metadata(meta, weights[0])
+    n, _ = _tensor_summary(weights[0])
+    lines.append(f"checkpoint:  {target}")
+    lines.append(f"preset:      {cfg.preset or '-'}")
+    lines.append(f"step:        {meta.get('step', '?')}")
+    lines.append(f"parameters:  {n:,}")
+    kinds = []
+    for f in weights:
+        _, dtypes = _tensor_summary(f)
+        kinds.append(f"{f.name} ({'/'.join(sorted(dtypes))})")
+    has_ema = any(f.name == "ema.safetensors" for f in weights)
+    lines.append(f"weights:     {', '.join(kinds)}; EMA {'present' if has_ema else 'absent'}")
+    resumable = target.is_dir() and (target / "train_state.json").is_file()
+    lines.append(f"resumable:   {'yes' if resumable else 'no (weights only)'}")
+    lines.append("files:       " + ", ".join(f"{f.name} {f.stat().st_size:,} B" for f in files))
+    return lines + _config_lines(cfg), cfg.to_dict()
+
+
+def _config_lines(cfg) -> list[str]:
+    m, d, t, data = cfg.model, cfg.diffusion, cfg.train, cfg.data
+    cond = f", {m.num_classes} classes (+ null label)" if m.num_classes else ", unconditional"
+    return [
+        f"network:     UNet {m.in_channels}x{m.resolution}x{m.resolution}, ch {m.ch}, ch_mult {tuple(m.ch_mult)}, "
+        f"{m.num_res_blocks} res blocks, attention at {tuple(m.attn_resolutions)}, dropout {m.dropout}{cond}",
+        f"diffusion:   {d.schedule} betas {d.beta_start:g}..{d.beta_end:g}, T={d.num_timesteps}, "
+        f"mean {d.mean_type}, variance {d.var_type}, loss {d.loss_type}",
+        f"training:    lr {t.lr:g} (warm-up {t.warmup}), batch {t.batch_size}, EMA {t.ema_decay}, "
+        f"{t.steps:,} steps, flips {'on' if t.random_flip else 'off'}, t-sampler {t.timestep_sampler}",
+        f"data:        {data.source}{' ' + data.path if data.path else ''}, {data.channels}x{data.resolution}"
+        f"x{data.resolution}{', labels' if data.class_labels else ''}",
+    ]
+
+
+def run(args) -> int:
+    lines, cfg = describe(args.path)
+    if args.json:
+        print(json.dumps(cfg, indent=2, sort_keys=True))
+    else:
+        print("\n".join(lines))
+    return 0
