@@ -58,7 +58,8 @@ class Contender:
     run: Callable[[], None]  # one timed unit (k training steps or k sampler steps)
     units: int  # steps per run
     flags: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext
-    times: list[float] = field(default_factory=list)
+    times: list[float] = field(default_factory=list)  # wall seconds per unit
+    cpu_times: list[float] = field(default_factory=list)  # process CPU seconds per unit (all threads)
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -326,10 +327,11 @@ def time_interleaved(contenders: list[Contender], repeats: int, device) -> None:
         for c in contenders:
             with c.flags():
                 accel.synchronize(device)
-                start = time.perf_counter()
+                start, cpu_start = time.perf_counter(), time.process_time()
                 c.run()
                 accel.synchronize(device)
                 c.times.append((time.perf_counter() - start) / c.units)
+                c.cpu_times.append((time.process_time() - cpu_start) / c.units)
         print(f"    round {r + 1}/{repeats}: " + ", ".join(f"{c.name} {c.times[-1]:.4f}s" for c in contenders),
               flush=True)
 
@@ -340,6 +342,7 @@ def summarize(group: str, contenders: list[Contender], batch: int, chain: int | 
     for c in contenders:
         med = statistics.median(c.times)
         row = {"sec_per_step_median": med, "sec_per_step_all": c.times,
+               "cpu_sec_per_step_median": statistics.median(c.cpu_times),
                "images_per_s" if chain is None else "nfe_per_s": batch / med}
         if chain is not None:
             row["images_per_s_extrapolated"] = batch / (med * chain)
@@ -353,6 +356,13 @@ def summarize(group: str, contenders: list[Contender], batch: int, chain: int | 
         f"{ours[0].name}/{c.name}": statistics.median(c.times) / base
         for c in contenders if base and c is not ours[0]
     }
+    # On a loaded machine wall time includes waiting for a core; CPU time is a second opinion.
+    if ours:
+        cbase = statistics.median(ours[0].cpu_times)
+        out["cpu_time_ratios"] = {
+            f"{ours[0].name}/{c.name}": statistics.median(c.cpu_times) / cbase
+            for c in contenders if cbase and c is not ours[0]
+        }
     return out
 
 
@@ -372,7 +382,7 @@ def print_table(title: str, res: dict, chain: int | None) -> None:
         line += f"{row.get('flops_per_s', 0) / 1e12:>10.3f}"
         print(line)
     for k, v in res["ratios"].items():
-        print(f"  ratio {k}: {v:.3f}x")
+        print(f"  ratio {k}: {v:.3f}x (wall)   {res['cpu_time_ratios'][k]:.3f}x (process CPU time)")
 
 
 def machine_info(device: torch.device) -> dict:

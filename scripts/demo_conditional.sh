@@ -10,7 +10,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-.venv/bin/python}
-CKPT=${1:-${DDPM_DIGITS_CKPT:-checkpoints/digits}}
+CKPT=${1:-src/ddpm/assets/digits}
 OUT=${2:-docs/images/digits_conditional.png}
 start=$(date +%s.%N)
 "$PY" - "$CKPT" "$OUT" <<'PYEOF'

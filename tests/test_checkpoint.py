@@ -144,3 +144,16 @@ def test_write_text_atomic(tmp_path):
     ckpt.write_text_atomic(p, "b\n")
     assert p.read_text() == "b\n"
     assert [q.name for q in tmp_path.iterdir()] == ["latest"]
+
+
+def test_export_weights_ema_only_fp16(tmp_path):
+    src = tmp_path / "run" / "checkpoints" / "step_0000007"
+    _, _, ema = make_ckpt(src, step=7)
+    ckpt.write_latest(tmp_path / "run", src)
+    out = ckpt.export_weights(tmp_path / "run", tmp_path / "ship", dtype=torch.float16)
+    assert sorted(p.name for p in out.iterdir()) == ["config.json", "ema.safetensors", "manifest.json"]
+    loaded = load_checkpoint(out)
+    assert loaded.step == 7 and loaded.weights == "ema"
+    for k, v in loaded.model.state_dict().items():
+        assert torch.equal(v, ema[k].half().float())
+    assert (out / "ema.safetensors").stat().st_size < (src / "ema.safetensors").stat().st_size * 0.6

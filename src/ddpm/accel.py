@@ -66,17 +66,20 @@ def set_tf32(enabled: bool) -> None:
     torch.backends.cudnn.allow_tf32 = enabled
 
 
-def autocast(device: torch.device | str, precision: str = "fp32") -> contextlib.AbstractContextManager:
+def autocast(device: torch.device | str, precision: str = "fp32", *,
+             cache_enabled: bool = True) -> contextlib.AbstractContextManager:
     """Autocast context for ``precision``: bf16 autocast (weights stay fp32) or a no-op for fp32.
 
     Works on CPU too (PyTorch's CPU autocast), which is how the CPU test suite exercises it.
+    ``cache_enabled=False`` is required inside CUDA-graph capture: cached bf16 weight copies are
+    freed when the autocast region ends, while a captured graph would keep using their memory.
     """
     if precision not in PRECISIONS:
         raise ConfigError(f"precision must be one of {PRECISIONS}, got {precision!r}")
     device = torch.device(device)
     if precision == "fp32":
         return contextlib.nullcontext()
-    return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+    return torch.autocast(device_type=device.type, dtype=torch.bfloat16, cache_enabled=cache_enabled)
 
 
 def to_channels_last(model: nn.Module) -> nn.Module:
@@ -133,7 +136,7 @@ class CUDAGraphModel:
         self._static: dict[str, Any] = {}
 
     def _eager(self, x: torch.Tensor, t: torch.Tensor, kwargs: dict) -> torch.Tensor:
-        with autocast(x.device, self.precision):
+        with autocast(x.device, self.precision, cache_enabled=False):
             out = self.model(x, t, **kwargs)
         return out.float()  # the diffusion maths downstream stays fp32
 

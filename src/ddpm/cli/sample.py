@@ -28,6 +28,15 @@ def non_negative_int(text: str) -> int:
     return value
 
 
+def _class_arg(text: str):
+    if text == "all":
+        return text
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a class index or 'all', got {text!r}") from None
+
+
 def add_parser(subparsers) -> None:
     p = subparsers.add_parser("sample", help="generate images from a checkpoint",
                               description="Generate images from a checkpoint (run dir, checkpoint dir, "
@@ -50,8 +59,10 @@ def add_parser(subparsers) -> None:
     p.add_argument("--eta", type=float, help="DDIM eta (default 0; ddim only)")
     p.add_argument("--spacing", choices=["uniform", "quadratic", "even"], default="uniform",
                    help="which timesteps a --steps K chain visits")
-    p.add_argument("--class", dest="class_label", type=int, metavar="C",
-                   help="class label for a class-conditional model (default: the null label)")
+    p.add_argument("--class", dest="class_label", type=_class_arg, metavar="C",
+                   help="class label for a class-conditional model, or 'all' (image i gets label "
+                        "i %% num_classes; with --nrow num_classes each column is one class); "
+                        "default: the null label, i.e. unconditional samples")
     p.add_argument("--guidance", type=float, default=0.0,
                    help="classifier-free guidance w: (1+w)·eps(x,c) - w·eps(x,null); needs --class")
     p.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda when available)")
@@ -107,10 +118,14 @@ def run(args) -> int:
     info, device = distributed.setup(args.device)
     loaded = load_checkpoint(args.ckpt, use_ema=not args.raw, device=device)
     num_classes = loaded.config.model.num_classes
+    if args.guidance and num_classes is None:
+        raise ConfigError("--guidance needs a class-conditional model; this checkpoint is unconditional")
     if args.class_label is not None:
         if num_classes is None:
             raise ConfigError("--class needs a class-conditional model; this checkpoint is unconditional")
-        if not 0 <= args.class_label < num_classes:
+        if args.class_label == "all":
+            args.class_label = [i % num_classes for i in range(args.num)]
+        elif not 0 <= args.class_label < num_classes:
             raise ConfigError(f"--class must be in 0..{num_classes - 1} for this model, got {args.class_label}")
     if args.steps is not None and args.steps > loaded.diffusion.num_timesteps:
         raise ConfigError(f"--steps must be at most the model's {loaded.diffusion.num_timesteps} timesteps")

@@ -76,6 +76,25 @@ def frechet_distance(mu1, sigma1, mu2, sigma2) -> float:
     return float(diff @ diff + np.trace(s1) + np.trace(s2) - 2.0 * tr_covmean)
 
 
+def frechet_distance_to(features: np.ndarray, reference: InceptionStats) -> float:
+    """FID between the Gaussian fitted to ``features`` (N, D) and ``reference``; same value as
+    :func:`frechet_distance` of their statistics. With N ≤ D the sample covariance A^T A / (N − 1)
+    (A = centred features) has rank < N, and the non-zero eigenvalues of Σ_ref^½ AᵀA Σ_ref^½ are those
+    of the N×N matrix A Σ_ref Aᵀ — so small evaluations avoid two D×D eigendecompositions."""
+    f = np.asarray(features, dtype=np.float64)
+    n, d = f.shape
+    if n > d:
+        s = feature_statistics(f)
+        return frechet_distance(s.mu, s.sigma, reference.mu, reference.sigma)
+    if n < 2:
+        raise DataError(f"need at least 2 feature vectors to estimate a covariance, got {n}")
+    mu = f.mean(axis=0)
+    a = (f - mu) / np.sqrt(n - 1)
+    eig = np.linalg.eigvalsh(a @ reference.sigma @ a.T)
+    diff = mu - reference.mu
+    return float(diff @ diff + np.sum(a * a) + np.trace(reference.sigma) - 2.0 * np.sqrt(np.clip(eig, 0, None)).sum())
+
+
 def inception_score(logits: np.ndarray | torch.Tensor, splits: int = 10) -> tuple[float, float]:
     """IS = exp(E_x KL(p(y|x) ‖ p(y))) on each of ``splits`` consecutive chunks; returns (mean, std).
 
@@ -199,7 +218,7 @@ def reference_statistics(net, source: str | os.PathLike, *, num: int | None = No
 __all__ = [
     "InceptionStats", "feature_statistics", "frechet_distance", "inception_score", "extract_features",
     "load_images", "compute_statistics", "fid_from_images", "reference_statistics", "as_uint8_images",
-    "score_images",
+    "score_images", "frechet_distance_to",
 ]
 
 
@@ -212,6 +231,5 @@ def score_images(net, images, reference: InceptionStats | None = None, *, splits
     if out["num"] >= splits:
         out["is_mean"], out["is_std"] = inception_score(feats["logits"], splits)
     if reference is not None:
-        s = feature_statistics(feats["pool3"])
-        out["fid"] = frechet_distance(s.mu, s.sigma, reference.mu, reference.sigma)
+        out["fid"] = frechet_distance_to(feats["pool3"], reference)
     return out

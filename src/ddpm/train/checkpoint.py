@@ -170,6 +170,19 @@ def save_checkpoint(
     return final
 
 
+def export_weights(source: str | os.PathLike, directory: str | os.PathLike, *, dtype: torch.dtype | None = None,
+                   ema_only: bool = True) -> Path:
+    """Write a sampling-only copy of a checkpoint (e.g. EMA weights in float16 for shipping)."""
+    target = resolve_checkpoint(source)
+    if target.is_file():
+        raise CheckpointError(f"{source}: pass a run or checkpoint directory")
+    ema, meta = read_weights(target / "ema.safetensors")
+    cfg = config_from_metadata(meta, target / "ema.safetensors")
+    raw = None if ema_only else read_weights(target / "model.safetensors")[0]
+    return save_checkpoint(directory, config=cfg, step=int(meta.get("step", 0)), ema_state=ema, model_state=raw,
+                           dtype=dtype)
+
+
 # ----------------------------------------------------------------------------- verifying / finding
 
 
