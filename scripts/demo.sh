@@ -2,7 +2,7 @@
 # The offline demo: install, fine-tune the shipped digits checkpoint briefly with the real Trainer,
 # then sample a grid of digits with the paper's 1000-step ancestral sampler and the EMA weights.
 # No GPU or internet needed (after the installation). Knobs (environment variables):
-#   DEMO_OUT (outputs/demo)  DEMO_STEPS fine-tuning steps (100)  DEMO_SAMPLES images (40)
+#   DEMO_OUT (outputs/demo)  DEMO_STEPS fine-tuning steps (100)  DEMO_SAMPLES images (20)
 #   DEMO_CLASS  'all' = column c shows digit c (default); 'none' = unconditional (null label); or 0-9
 #   DEMO_THREADS torch CPU threads (2)
 set -euo pipefail
@@ -11,7 +11,7 @@ bash scripts/setup.sh .venv
 PY=.venv/bin/python
 OUT="${DEMO_OUT:-outputs/demo}"
 STEPS="${DEMO_STEPS:-100}"
-N="${DEMO_SAMPLES:-40}"
+N="${DEMO_SAMPLES:-20}"
 CLASS="${DEMO_CLASS:-all}"
 THREADS="${DEMO_THREADS:-2}"
 start=$(date +%s)
@@ -19,7 +19,7 @@ rm -rf "$OUT/run"
 mkdir -p "$OUT"
 echo "== fine-tuning the shipped checkpoint for $STEPS steps on the bundled digits"
 "$PY" -m ddpm train --init-from src/ddpm/assets/digits --run-dir "$OUT/run" --steps "$STEPS" \
-  --threads "$THREADS" --set train.sample_every=0 --set train.log_every=10 --progress
+  --threads "$THREADS" --set train.lr=2e-4 --set train.sample_every=0 --set train.log_every=10 --progress
 echo "== sampling $N digits (1000 ancestral steps, EMA weights)"
 class_args=()
 [ "$CLASS" != "none" ] && class_args=(--class "$CLASS")

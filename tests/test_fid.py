@@ -132,3 +132,17 @@ def test_low_rank_fid_equals_full_formula():
     many = rng.normal(size=(60, 40))  # N > D takes the general path
     s2 = feature_statistics(many)
     assert frechet_distance_to(many, ref) == pytest.approx(frechet_distance(s2.mu, s2.sigma, ref.mu, ref.sigma))
+
+
+def test_cli_fid_from_checkpoint_generates_first(tmp_path, capsys):
+    from ddpm.cli import main
+    from test_likelihood_eval import save_tiny_checkpoint
+
+    ck = save_tiny_checkpoint(tmp_path / "ck")
+    feature_statistics(np.random.default_rng(8).normal(size=(4, 2048))).save(tmp_path / "ref.npz")
+    assert main(["eval", "fid", "--ckpt", str(ck), "--num", "2", "--batch-size", "2", "--ref", str(tmp_path / "ref.npz"),
+                 "--inception", "random", "--device", "cpu", "--splits", "2",
+                 "--save-samples", str(tmp_path / "gen.npz")]) == 0
+    assert "FID" in capsys.readouterr().out
+    gen = np.load(tmp_path / "gen.npz")["arr_0"]
+    assert gen.shape == (2, 8, 8, 1) and gen.dtype == np.uint8

@@ -109,6 +109,7 @@ def test_generate_zero_guidance_equals_the_conditional_sample(cond_model, diffus
     ref = diffusion.p_sample_loop(cond_model, x_T.shape, noise=x_T, step_noise=steps,
                                   model_kwargs={"y": torch.tensor([1, 1])})
     torch.testing.assert_close(x, ref, rtol=0, atol=1e-5)
+    torch.testing.assert_close(generate(cond_model, diffusion, 2, class_labels=torch.tensor(1)), x, rtol=0, atol=0)
     # labels matter, and no labels means the null label
     assert (generate(cond_model, diffusion, 2, class_labels=2) - x).abs().max() > 1e-3
     null = generate(cond_model, diffusion, 2)

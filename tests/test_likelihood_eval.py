@@ -92,3 +92,41 @@ def test_cli_nll(tmp_path, capsys):
     assert main(args) == 0  # rerun: every chunk is reused, same answer
     assert json.loads((out / "nll.json").read_text())["bpd"] == summary["bpd"]
     assert main(["eval", "nll", "--ckpt", str(tmp_path / "nope")]) == 2
+
+
+@pytest.mark.slow
+def test_torchrun_two_ranks_match_one_process(tmp_path):
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    ck = save_tiny_checkpoint(tmp_path / "ck")
+    ddpm = str(Path(sys.executable).with_name("ddpm"))
+    torchrun = str(Path(sys.executable).with_name("torchrun"))
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    common = ["eval", "nll", "--ckpt", str(ck), "--num-images", "6", "--batch-size", "2", "--device", "cpu"]
+    subprocess.run([ddpm, *common, "--out", str(tmp_path / "one")], check=True, env=env)
+    subprocess.run([torchrun, "--nproc_per_node", "2", ddpm, *common, "--out", str(tmp_path / "two")],
+                   check=True, env=env)
+    one = json.loads((tmp_path / "one" / "nll.json").read_text())
+    two = json.loads((tmp_path / "two" / "nll.json").read_text())
+    assert one["bpd"] == two["bpd"] and one["num_images"] == two["num_images"] == 6
+
+
+def test_eval_images_from_npz_and_dataset_names(tmp_path):
+    from ddpm.errors import DataError
+    from ddpm.evaluate.inputs import eval_images
+
+    cfg = Config(model=TINY, data=DataConfig(source="digits", resolution=8, channels=1))
+    u8 = np.random.default_rng(0).integers(0, 256, size=(3, 8, 8, 1), dtype=np.uint8)
+    np.savez(tmp_path / "a.npz", arr_0=u8)
+    x, labels, _ = eval_images(str(tmp_path / "a.npz"), cfg)
+    assert torch.allclose(x, torch.from_numpy(u8).permute(0, 3, 1, 2).float() / 127.5 - 1) and labels is None
+    np.savez(tmp_path / "b.npz", arr_0=np.zeros((2, 9, 9, 1), np.uint8))
+    with pytest.raises(DataError, match="the model needs"):
+        eval_images(str(tmp_path / "b.npz"), cfg)
+    x, _, name = eval_images("digits", cfg, split="test", num=4)
+    assert x.shape == (4, 1, 8, 8) and name == "digits/test"  # resized to the network
+    with pytest.raises(DataError):
+        eval_images(str(tmp_path / "nowhere"), cfg)

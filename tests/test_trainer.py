@@ -199,3 +199,22 @@ def test_refuses_existing_run_dir_and_bad_data(tmp_path):
         Trainer(tiny_config(), tmp_path / "other", dataset=rgb, progress=False)
     with pytest.raises(ConfigError, match="batch_size"):
         Trainer(tiny_config("train.batch_size=0"), tmp_path / "third", dataset=tiny_dataset(), progress=False)
+
+
+def _decode(images, path):
+    return images[int(path)]
+
+
+def test_lazy_dataset_through_dataloader_workers_matches_in_memory(tmp_path):
+    import functools
+
+    mem = tiny_dataset(n=10)
+    lazy = ImageDataset(None, mem.labels, paths=[str(i) for i in range(10)],
+                        loader=functools.partial(_decode, mem.images), shape=(1, 28, 28))
+    a = Trainer(tiny_config(), tmp_path / "a", dataset=mem, progress=False, tensorboard=False)
+    b = Trainer(tiny_config(), tmp_path / "b", dataset=lazy, progress=False, tensorboard=False)
+    b.num_workers = 1
+    a.train(steps=3)
+    b.train(steps=3)
+    for p, q in zip(a.model.parameters(), b.model.parameters()):
+        assert torch.equal(p, q)

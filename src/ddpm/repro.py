@@ -188,7 +188,8 @@ class Repro:
                                            download=self.scale.name == "paper")
             except UserError as e:
                 self._net = False
-                self.notes.append(f"FID/IS not computed: Inception weights not found ({e})")
+                reason = str(e).removeprefix("Inception weights not found: ")
+                self.notes.append(f"FID/IS not computed: Inception weights not found ({reason})")
         return self._net or None
 
     def eval_config(self, ck) -> Config:
@@ -206,6 +207,18 @@ class Repro:
                          meta={"step": ck.step, "data": name}, progress=True)
         res.write_csv(self.out / f"nll_terms_{key}_{split}.csv")
         return res
+
+    def sample_grid(self, ck, key: str, n: int = 36) -> str:
+        """A grid of ``n`` samples (Algorithm 2, seed 0) as ``samples_KEY.png``; returns its file name."""
+        from ddpm.images import save_grid
+        from ddpm.sampling.api import generate
+
+        n = min(n, self.scale.fid_num)
+        x = self.timed(f"sample grid {key}", generate, ck.model, ck.diffusion, n, batch_size=n, seed=0,
+                       device=next(ck.model.parameters()).device)
+        name = f"samples_{key}.png"
+        save_grid(x, self.out / name)
+        return name
 
     def quality(self, ck, key: str) -> dict | None:
         net = self.inception_net()
@@ -245,6 +258,7 @@ def _quality_cells(q: dict | None) -> tuple[str, str]:
 # ----------------------------------------------------------------------------------------- recipes
 def _table1(r: Repro) -> list[str]:
     variants = ["eps-kl", "eps-mse"] if not r.ckpt else ["checkpoint"]
+    figures = []
     lines = ["| model | IS (paper) | IS (ours) | FID (paper) | FID (ours) | NLL test (train), paper | "
              "NLL test (train), ours |", "|---|---|---|---|---|---|---|"]
     for v in variants:
@@ -259,11 +273,16 @@ def _table1(r: Repro) -> list[str]:
                      f"≤ {test.bpd:.3f} ± {test.bpd_stderr:.3f} ({train.bpd:.3f} ± {train.bpd_stderr:.3f}) |")
         if v in ("eps-mse", "checkpoint"):
             r.results["rate_distortion"] = {"rate": test.rate_bpd, "distortion": test.decoder_bpd}
+            _rd_files(r, test)
+        figures.append(r.sample_grid(ck, v))
     rd = r.results.get("rate_distortion")
     if rd:
         lines += ["", f"L_simple decomposition (test): rate {rd['rate']:.3f} + distortion {rd['distortion']:.3f} "
-                      f"bits/dim (paper: {PAPER_RATE_DISTORTION['rate']} + {PAPER_RATE_DISTORTION['distortion']})."]
-    lines += ["", "NLL ± is the standard error over images; n/c = not computed (see notes)."]
+                      f"bits/dim (paper: {PAPER_RATE_DISTORTION['rate']} + {PAPER_RATE_DISTORTION['distortion']}); "
+                      "curves from the same pass: rate_distortion.csv, fig5_rate_distortion.png."]
+    lines += ["", "NLL ± is the standard error over images; n/c = not computed (see notes).", ""]
+    lines += [f"![samples of {v}]({name}) " for v, name in zip(variants, figures)]
+    lines += ["", f"Samples (Algorithm 2, EMA weights, seed 0), left to right: {', '.join(variants)}."]
     return lines
 
 
@@ -283,14 +302,19 @@ def _table2(r: Repro) -> list[str]:
     return lines
 
 
-def _rate_distortion(r: Repro) -> list[str]:
+def _rd_files(r: Repro, test):
     from ddpm.evaluate.rate_distortion import from_bpd_result, plot_rate_distortion
 
-    ck = r.model("eps-mse")
-    test = r.nll(ck, "test", "eps-mse")
     rd = from_bpd_result(test)
     rd.write_csv(r.out / "rate_distortion.csv")
     plot_rate_distortion(rd, r.out / "fig5_rate_distortion.png", title=f"rate–distortion ({test.num} test images)")
+    return rd
+
+
+def _rate_distortion(r: Repro) -> list[str]:
+    ck = r.model("eps-mse")
+    test = r.nll(ck, "test", "eps-mse")
+    rd = _rd_files(r, test)
     r.results["rate_distortion"] = {"rate": test.rate_bpd, "distortion": test.decoder_bpd, "table4": rd.table4()}
     T = rd.num_timesteps
     lines = ["![Fig. 5](fig5_rate_distortion.png)", "",

@@ -23,7 +23,9 @@ def add_parser(subparsers) -> None:
         q.add_argument("--data", help="dataset name (digits, cifar10, mnist), image folder or .npz "
                                       "(default: the checkpoint's training data)")
         q.add_argument("--split", default="test", choices=("train", "test"), help="default: test")
-        q.add_argument("--num", type=int, help="evaluate a fixed subset of this many images (default: all)")
+        q.add_argument("--num", "--num-images", dest="num", type=int,
+                       help="evaluate a fixed subset of this many images (default: all); under torchrun "
+                            "spell it --num-images (torchrun takes --num for its own --numa-binding)")
         q.add_argument("--batch-size", type=int, default=64)
         q.add_argument("--out", default="eval", help="output directory (default ./eval); finished chunks "
                                                      "are kept in OUT/bpd_chunks and skipped on rerun")

@@ -135,6 +135,8 @@ def run(args) -> int:
                  guidance=args.guidance, seed=args.seed, device=device, progress=progress,
                  rank=info.rank, world_size=info.world_size)
     x = distributed.gather_shards(x, info)
+    distributed.barrier()
+    distributed.cleanup()  # leave the process group cleanly before any rank exits
     if not info.is_main:
         return 0
     for path, kind in outputs:

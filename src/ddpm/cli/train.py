@@ -98,6 +98,7 @@ def build_config(args):
 def run(args) -> int:
     import torch
 
+    from ddpm.train import distributed
     from ddpm.train.trainer import Trainer
 
     if args.threads:
@@ -111,8 +112,10 @@ def run(args) -> int:
                       progress=args.progress)
     try:
         record = trainer.train(steps=args.steps)
+        distributed.barrier()
     finally:
         trainer.close()
+        distributed.cleanup()
     if trainer.is_main:
         loss = f", loss {record['loss']:.4f}" if "loss" in record else ""
         print(f"trained {args.run_dir} to step {trainer.step}{loss}; checkpoints in {args.run_dir}/checkpoints",

@@ -77,7 +77,7 @@ def interpolation_figure(model, diffusion, x_a: torch.Tensor, x_b: torch.Tensor,
     device = next(model.parameters()).device
     x_a, x_b = x_a.to(device), x_b.to(device)
     lambdas = torch.linspace(0, 1, num_lambdas + 2)[1:-1]
-    rows, mixes = [], []
+    rows = []
     for t in ts:
         g = torch.Generator().manual_seed(seed)
         out = interpolate(diffusion, model, x_a, x_b, int(t), lambdas, generator=g, progress=progress,
@@ -85,7 +85,6 @@ def interpolation_figure(model, diffusion, x_a: torch.Tensor, x_b: torch.Tensor,
         samples = out["samples"][:, 0].cpu()  # (L, C, H, W)
         rec = out["reconstructions"][:, 0].cpu()
         rows.append(torch.cat([x_a.cpu(), rec[:1], samples, rec[1:], x_b.cpu()], dim=0))
-        mixes.append(samples)
     rows = torch.stack(rows)
     return {"grid": _rows_to_grid(rows), "rows": rows, "ts": ts, "lambdas": lambdas}
 

@@ -245,8 +245,10 @@ def find_weights(path: str | os.PathLike | None = None, download: bool = True) -
         cached.parent.mkdir(parents=True, exist_ok=True)
         tmp = cached.with_suffix(".part")
         try:
-            urllib.request.urlretrieve(WEIGHTS_URL, tmp)
-        except OSError:
+            with urllib.request.urlopen(WEIGHTS_URL, timeout=60) as r, open(tmp, "wb") as f:
+                for chunk in iter(lambda: r.read(1 << 20), b""):
+                    f.write(chunk)
+        except OSError:  # offline, blocked or interrupted: fall through to the one-line message
             tmp.unlink(missing_ok=True)
         else:
             try:

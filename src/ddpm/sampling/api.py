@@ -201,7 +201,8 @@ def _labels(class_labels, n: int, num_classes: int | None) -> torch.Tensor | Non
     if isinstance(class_labels, (int, np.integer)) and not isinstance(class_labels, bool):
         labels = torch.full((n,), int(class_labels), dtype=torch.long)
     else:
-        labels = torch.as_tensor(class_labels).reshape(-1)
+        labels = torch.as_tensor(class_labels)
+        labels = labels.expand(n) if labels.ndim == 0 else labels.reshape(-1)  # a 0-d tensor: one class
         if labels.is_floating_point() or labels.numel() != n:
             raise ConfigError(f"class_labels must be one int or {n} ints (one per image), "
                               f"got {labels.numel()} values")

@@ -213,6 +213,8 @@ class Trainer:
                                 f"{mc.num_classes}")
         images = getattr(ds, "images", None)
         self.images = images.to(self.device) if images is not None else None
+        self.num_workers = min(4, os.cpu_count() or 1)
+        self._loader_iter, self._loader_step = None, -1
 
     def _init_weights(self, source) -> None:
         """Start from another checkpoint's weights: raw weights for training, its EMA for the EMA."""
@@ -327,7 +329,29 @@ class Trainer:
     def _fetch(self, idx: torch.Tensor) -> torch.Tensor:
         if self.images is not None:
             return self.images[idx.to(self.device)]
-        return torch.stack([self.dataset[int(i)][0] for i in idx]).to(self.device, non_blocking=True)
+        # Lazy folders: DataLoader workers decode ahead. Their batch order is the same pure function
+        # of the step, so prefetching never disturbs exact resume.
+        if self._loader_iter is None or self._loader_step != self.step:
+            self._loader_iter = iter(self._make_loader(self.step))
+        images, _ = next(self._loader_iter)
+        self._loader_step = self.step + 1
+        return images.to(self.device, non_blocking=True)
+
+    def _make_loader(self, start_step: int):
+        trainer = self
+        b = self.config.train.batch_size // self.dist.world_size
+        lo = self.dist.rank * b
+
+        class StepBatches(torch.utils.data.Sampler):
+            def __iter__(self):
+                s = start_step
+                while True:
+                    yield trainer._global_indices(s)[lo : lo + b].tolist()
+                    s += 1
+
+        return torch.utils.data.DataLoader(self.dataset, batch_sampler=StepBatches(), num_workers=self.num_workers,
+                                           pin_memory=self.device.type == "cuda",
+                                           persistent_workers=False)
 
     def _batch(self):
         """(x0, t, weights, noise, model_kwargs) of this rank's slice of the next global batch."""
