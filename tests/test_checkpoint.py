@@ -157,3 +157,23 @@ def test_export_weights_ema_only_fp16(tmp_path):
     for k, v in loaded.model.state_dict().items():
         assert torch.equal(v, ema[k].half().float())
     assert (out / "ema.safetensors").stat().st_size < (src / "ema.safetensors").stat().st_size * 0.6
+
+
+def test_shipped_digits_checkpoint():
+    """The demo's self-trained checkpoint: EMA-only float16, < 5 MB, loads as a conditional digits net."""
+    from pathlib import Path
+
+    import ddpm
+
+    d = Path(ddpm.__file__).parent / "assets" / "digits"
+    assert sum(f.stat().st_size for f in d.iterdir()) < 5_000_000
+    from safetensors import safe_open
+
+    with safe_open(str(d / "ema.safetensors"), framework="pt") as f:
+        assert {f.get_slice(k).get_dtype() for k in f.keys()} == {"F16"}
+    loaded = load_checkpoint(d)
+    assert loaded.weights == "ema" and loaded.step >= 500 and not loaded.model.training
+    assert loaded.config.preset == "digits" and loaded.config.model.num_classes == 10
+    with torch.no_grad():
+        out = loaded.model(torch.zeros(2, 1, 28, 28), torch.tensor([0, 999]), torch.tensor([3, 10]))
+    assert out.shape == (2, 1, 28, 28) and torch.isfinite(out).all()

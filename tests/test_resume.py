@@ -42,14 +42,16 @@ def assert_same_run(a_dir, b_dir):
     assert la == lb
 
 
-def straight(tmp_path, steps=6):
-    tr = Trainer(config(), tmp_path / "straight", progress=False, tensorboard=False)
-    tr.train(steps=steps)
-    return tmp_path / "straight"
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    """The uninterrupted 6-step run every interrupted one must reproduce."""
+    d = tmp_path_factory.mktemp("resume") / "straight"
+    Trainer(config(), d, progress=False, tensorboard=False).train(steps=6)
+    return d
 
 
-def test_resume_is_bit_identical(tmp_path):
-    ref = straight(tmp_path)
+def test_resume_is_bit_identical(tmp_path, reference):
+    ref = reference
     run = tmp_path / "interrupted"
     Trainer(config(), run, progress=False, tensorboard=False).train(steps=3)
     torch.manual_seed(1234)  # whatever happened in between must not matter
@@ -64,9 +66,9 @@ class _Crash(Exception):
     pass
 
 
-def test_crash_during_checkpoint_write_then_resume(tmp_path, monkeypatch):
+def test_crash_during_checkpoint_write_then_resume(tmp_path, monkeypatch, reference):
     """Fast in-process variant: the kill hook raises instead, leaving the same half-written temp dir."""
-    ref = straight(tmp_path)
+    ref = reference
     run = tmp_path / "crashed"
     monkeypatch.setenv("DDPM_TEST_KILL_DURING_CHECKPOINT", "4")
 
@@ -86,8 +88,8 @@ def test_crash_during_checkpoint_write_then_resume(tmp_path, monkeypatch):
 
 
 @pytest.mark.slow
-def test_sigkill_during_checkpoint_write_then_resume(tmp_path):
-    ref = straight(tmp_path)
+def test_sigkill_during_checkpoint_write_then_resume(tmp_path, reference):
+    ref = reference
     run = tmp_path / "killed"
     cmd = [sys.executable, "-m", "ddpm", "train", "--preset", "digits-tiny", "--run-dir", str(run), "--steps", "6",
            "--threads", str(torch.get_num_threads()), "--no-progress"]

@@ -47,14 +47,14 @@ def _digits() -> Config:
     """The offline demo's recipe: the bundled 28x28 MNIST digits, class-conditional so one
     checkpoint serves unconditional sampling (null label) and classifier-free guidance.
 
-    Departures from the paper, chosen for a short CPU run: lr 1e-3 with a 100-step warm-up, batch 64,
+    Departures from the paper, chosen for a short CPU run: lr 1e-3 with a 100-step warm-up, batch 32,
     EMA 0.995 (0.9999 averages over ~10k steps, far longer than the whole run), no dropout, no flips
     (a mirrored digit is not a digit), and cheap 50-step sample grids every 250 steps."""
     return Config(
         model=UNetConfig(in_channels=1, out_channels=1, ch=32, ch_mult=(1, 2, 2), num_res_blocks=1,
                          attn_resolutions=(7,), dropout=0.0, resolution=28, num_classes=10),
         diffusion=DiffusionConfig(),
-        train=TrainConfig(lr=1e-3, warmup=100, batch_size=64, ema_decay=0.995, steps=4000,
+        train=TrainConfig(lr=1e-3, warmup=100, batch_size=32, ema_decay=0.995, steps=4000,
                           random_flip=False, class_dropout=0.1, log_every=10, sample_every=250,
                           ckpt_every=100, keep_checkpoints=2, num_sample_images=20, sample_steps=50),
         data=DataConfig(source="digits", resolution=28, channels=1, class_labels=True),
