@@ -101,8 +101,13 @@ def compile_model(model: nn.Module, *, mode: str | None = None, dynamic: bool = 
 
 
 def optimizer_kwargs(device: torch.device | str) -> dict[str, bool]:
-    """Fastest exact Adam implementation for ``device``: fused on CUDA, foreach (multi-tensor) else."""
-    return {"fused": True} if torch.device(device).type == "cuda" else {"foreach": True}
+    """Fastest exact Adam implementation for ``device``: fused (one kernel per tensor, no
+    temporaries) on CUDA and CPU, foreach (multi-tensor) elsewhere.
+
+    On CPU the fused step matters: foreach Adam allocates several parameter-sized temporaries per
+    step, and for the 35.7M-parameter net that costs ~2.4x the fused step's CPU time.
+    """
+    return {"fused": True} if torch.device(device).type in ("cuda", "cpu") else {"foreach": True}
 
 
 def prepare_model(model: nn.Module, fast: FastPath, device: torch.device | str) -> nn.Module:
