@@ -8,7 +8,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 PY="${PY:-.venv/bin/python}"
 RUN="${RUN:-runs/digits-pretrain}"
-STEPS="${STEPS:-1000}"
+STEPS="${STEPS:-1600}"
 if [ -d "$RUN/checkpoints" ]; then
   nice -n 5 "$PY" -m ddpm train --resume --run-dir "$RUN" --steps "$STEPS" --threads 1 --no-progress
 else

@@ -30,6 +30,7 @@ import numpy as np
 import torch
 from torch.nn.parallel import DistributedDataParallel
 
+from ddpm import accel
 from ddpm.config import Config
 from ddpm.errors import CheckpointError, ConfigError, DataError, UserError
 from ddpm.resample import create_timestep_sampler
@@ -117,7 +118,7 @@ class Trainer:
         self.ema = EMA(self.model, tc.ema_decay)
         self.diffusion = self.config.diffusion.build()
         self.timestep_sampler = create_timestep_sampler(tc.timestep_sampler, self.diffusion.num_timesteps)
-        opt_kw = {"fused": True} if self.device.type == "cuda" else {"foreach": True}
+        opt_kw = accel.optimizer_kwargs(self.device)  # fused Adam on CUDA and CPU
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=tc.lr, betas=tuple(tc.adam_betas),
                                           eps=tc.adam_eps, weight_decay=0.0, **opt_kw)
         self.gen_cpu = torch.Generator().manual_seed(tc.seed)
@@ -328,7 +329,7 @@ class Trainer:
 
     def _fetch(self, idx: torch.Tensor) -> torch.Tensor:
         if self.images is not None:
-            return self.images[idx.to(self.device)]
+            return self.images[idx.to(self.device, non_blocking=True)]
         # Lazy folders: DataLoader workers decode ahead. Their batch order is the same pure function
         # of the step, so prefetching never disturbs exact resume.
         if self._loader_iter is None or self._loader_step != self.step:
@@ -371,12 +372,16 @@ class Trainer:
         noise = torch.randn(shape, generator=self.gen_dev, device=self.device)[lo:hi]
         x = self._fetch(idx[lo:hi]).float() / 127.5 - 1.0
         if flip is not None:
-            f = flip[lo:hi].to(self.device).view(-1, 1, 1, 1)
+            f = flip[lo:hi].to(self.device, non_blocking=True).view(-1, 1, 1, 1)
             x = torch.where(f, x.flip(3), x)
         if self.device.type == "cuda":
             x = x.contiguous(memory_format=torch.channels_last)
-        kwargs = {"y": y[lo:hi].to(self.device)} if y is not None else {}
-        return x, t[lo:hi].to(self.device), weights[lo:hi].to(self.device), noise, kwargs
+        # Host-to-device copies of these small CPU tensors: non_blocking, else each .to() waits for
+        # the GPU to drain its queue (a host sync per step). Safe from pageable memory: CUDA stages
+        # the bytes before the call returns, and these tensors are fresh every step.
+        kwargs = {"y": y[lo:hi].to(self.device, non_blocking=True)} if y is not None else {}
+        return (x, t[lo:hi].to(self.device, non_blocking=True), weights[lo:hi].to(self.device, non_blocking=True),
+                noise, kwargs)
 
     def train_step(self) -> torch.Tensor:
         """One optimizer update; returns the (device) mean loss of this rank's slice."""
