@@ -2,7 +2,7 @@
 # The offline demo: install, fine-tune the shipped digits checkpoint briefly with the real Trainer,
 # then sample a grid of digits with the paper's 1000-step ancestral sampler and the EMA weights.
 # No GPU or internet needed (after the installation). Knobs (environment variables):
-#   DEMO_OUT (outputs/demo)  DEMO_STEPS fine-tuning steps (100)  DEMO_SAMPLES images (20)
+#   DEMO_OUT (outputs/demo)  DEMO_STEPS fine-tuning steps (60)  DEMO_SAMPLES images (20)
 #   DEMO_CLASS  'all' = column c shows digit c (default); 'none' = unconditional (null label); or 0-9
 #   DEMO_THREADS torch CPU threads (2)
 set -euo pipefail
@@ -10,7 +10,7 @@ cd "$(dirname "$0")/.."
 bash scripts/setup.sh .venv
 PY=.venv/bin/python
 OUT="${DEMO_OUT:-outputs/demo}"
-STEPS="${DEMO_STEPS:-100}"
+STEPS="${DEMO_STEPS:-60}"
 N="${DEMO_SAMPLES:-20}"
 CLASS="${DEMO_CLASS:-all}"
 THREADS="${DEMO_THREADS:-2}"
