@@ -19,15 +19,6 @@ from ddpm.sampling.respace import respace
 from ddpm.schedules import get_beta_schedule
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors: with the 2-core machine shared, a second torch thread only adds contention
-    (measured: a small U-Net forward 10 ms on 1 thread, up to 1.8 s on 2 threads under load)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 def betas(T, scale=1.0):
     return get_beta_schedule("linear", beta_start=1e-4 * scale, beta_end=0.02 * scale, num_timesteps=T)

@@ -11,15 +11,6 @@ from ddpm.errors import ConfigError
 from ddpm.resample import LossSecondMomentResampler, UniformSampler, create_timestep_sampler
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors: with the 2-core machine shared, a second torch thread only adds contention
-    (measured: a small U-Net forward 10 ms on 1 thread, up to 1.8 s on 2 threads under load)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 def _fill(sampler, T, rounds, value=lambda t, r: float(t + 1) * (1 + 0.1 * r)):
     for r in range(rounds):

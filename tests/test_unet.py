@@ -5,7 +5,6 @@ import math
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 from ddpm.config import UNetConfig
 from ddpm.errors import ConfigError

@@ -99,7 +99,6 @@ def run_shared(args: argparse.Namespace) -> int:
 
 
 def _two_images(args, ck):
-    import torch
 
     from ddpm.errors import DataError
 

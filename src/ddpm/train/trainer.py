@@ -17,7 +17,6 @@ from a poisoned state.
 
 from __future__ import annotations
 
-import math
 import os
 import random
 import sys
