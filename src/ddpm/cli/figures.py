@@ -99,7 +99,6 @@ def run_shared(args: argparse.Namespace) -> int:
 
 
 def _two_images(args, ck):
-
     from ddpm.errors import DataError
 
     c, h = ck.config.model.in_channels, ck.config.model.resolution
