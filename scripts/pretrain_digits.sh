@@ -8,15 +8,20 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 PY="${PY:-.venv/bin/python}"
 RUN="${RUN:-runs/digits-pretrain}"
-STEPS="${STEPS:-1600}"
+STEPS="${STEPS:-3200}"
 if [ -d "$RUN/checkpoints" ]; then
   nice -n 5 "$PY" -m ddpm train --resume --run-dir "$RUN" --steps "$STEPS" --threads 1 --no-progress
 else
   nice -n 5 "$PY" -m ddpm train --preset digits --batch-size 32 --run-dir "$RUN" --steps "$STEPS" --threads 1 --no-progress
 fi
 step_dir="$RUN/checkpoints/$(printf 'step_%07d' "$STEPS")"
+# export_weights writes a fresh directory: keep the asset's hand-written README.md.
+readme=$(mktemp)
+cp src/ddpm/assets/digits/README.md "$readme" 2>/dev/null || true
 "$PY" - "$step_dir" <<'PY'
 import sys, torch
 from ddpm.train.checkpoint import export_weights
 print(export_weights(sys.argv[1], "src/ddpm/assets/digits", dtype=torch.float16))
 PY
+[ -s "$readme" ] && cp "$readme" src/ddpm/assets/digits/README.md
+rm -f "$readme"
