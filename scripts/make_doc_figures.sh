@@ -10,4 +10,4 @@ mkdir -p "$OUT"
 "$PY" -m ddpm figure progressive --ckpt "$CKPT" --chains 4 --frames 10 --out "$OUT/fig6_progressive.png"
 "$PY" -m ddpm figure shared --ckpt "$CKPT" --branch-at 1000,750,500,250 --samples 6 --out "$OUT/fig7_shared.png"
 "$PY" -m ddpm figure interpolate --ckpt "$CKPT" --data digits --split test --index 0 160 \
-  --t 0,250,500,750,1000 --lambdas 0.25,0.5,0.75 --out "$OUT/fig9_interpolation.png"
+  --t 0,250,500,750,1000 --lambdas 3 --out "$OUT/fig9_interpolation.png"
