@@ -78,7 +78,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--no-diffusers", action="store_true", help="time ddpm alone")
     p.add_argument("--compile", action="store_true", help="also time ddpm with torch.compile")
     p.add_argument("--cuda-graph", action="store_true", help="also time ddpm sampling with CUDA-graph replay")
-    p.add_argument("--profile", action="store_true", help="torch.profiler table of ddpm's top ops")
+    p.add_argument("--profile", action="store_true",
+                   help="torch.profiler tables: ddpm training step; ddpm and diffusers+tricks forward")
     p.add_argument("--out", default=None, help="write results JSON here")
     args = p.parse_args(argv)
     cuda = args.device.startswith("cuda")
@@ -433,8 +434,10 @@ def flop_counts(model, diffusion, device) -> dict:
     return {"forward_per_image": fwd, "train_step_per_image": train}
 
 
-def profile_ours(model, diffusion, device, batch, precision, fast, workdir: Path) -> dict:
-    """torch.profiler tables (top ops by self time) for one ddpm training step and one forward."""
+def profile_ours(model, diffusion, device, batch, precision, fast, workdir: Path, theirs_fast=None) -> dict:
+    """torch.profiler tables (top ops by self time) for one ddpm training step and three forwards;
+    with ``theirs_fast``, also three forwards of diffusers+tricks (channels_last, same precision),
+    so the two op lists can be compared line by line."""
     from torch.profiler import ProfilerActivity, profile
 
     acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
@@ -445,17 +448,28 @@ def profile_ours(model, diffusion, device, batch, precision, fast, workdir: Path
     with profile(activities=acts) as prof:
         run_train()
         accel.synchronize(device)
-    tables["train_step"] = prof.key_averages().table(sort_by=sort, row_limit=15)
+    tables["ddpm train_step"] = prof.key_averages().table(sort_by=sort, row_limit=15)
     fn = accel.wrap_for_sampling(model, dataclasses_replace(fast, precision=precision), device)
     res = model.config.resolution
     x = torch.randn(batch, model.config.in_channels, res, res, device=device)
     t = torch.full((batch,), 500, device=device)
+    calls = {"ddpm forward": fn}
+    if theirs_fast is not None:
+        unet = accel.to_channels_last(theirs_fast.to(device).eval())
+
+        def theirs_fn(x, t):
+            with accel.autocast(device, precision):
+                return unet(x, t).sample
+
+        calls["diffusers+tricks forward"] = theirs_fn
     with torch.no_grad():
-        fn(x, t)
-        with profile(activities=acts) as prof:
-            fn(x, t)
-            accel.synchronize(device)
-    tables["forward"] = prof.key_averages().table(sort_by=sort, row_limit=15)
+        for name, call in calls.items():
+            call(x, t)
+            with profile(activities=acts) as prof:
+                for _ in range(3):
+                    call(x, t)
+                accel.synchronize(device)
+            tables[name] = prof.key_averages().table(sort_by=sort, row_limit=18)
     return tables
 
 
@@ -509,9 +523,9 @@ def _main(args, argv, workdir: Path) -> int:
 
     if args.profile:
         results["profile"] = profile_ours(ours, diffusion, device, args.train_batch, args.precision[0],
-                                          accel.FastPath(), workdir)
+                                          accel.FastPath(), workdir, theirs_fast)
         for name, table in results["profile"].items():
-            print(f"\n-- profile: ddpm {name} (batch {args.train_batch}) --\n{table}")
+            print(f"\n-- profile: {name} (batch {args.train_batch}) --\n{table}")
 
     for precision in args.precision:
         fast = accel.FastPath(precision=precision, tf32=precision == "fp32")

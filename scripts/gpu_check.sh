@@ -4,11 +4,13 @@
 #      fused Adam; CUDA-graph replay; no host sync in the sampling loop; the slow checks too)
 #   2. benchmarks/bench.py --device cuda: ddpm vs diffusers (defaults and with our tricks),
 #      bf16 and fp32, training and sampling, CUDA-graph sampling  -> cuda.json
+#   2a. the CLI on the GPU: `ddpm train` (train.precision auto -> bf16 on Ampere+) and `ddpm sample`
+#      with the default fast path + CUDA graph vs plain fp32: same images within bf16 rounding
 #   3. benchmarks/gpu_targets.py: 8,000 img/s training at batch 128 (eager and compiled),
 #      the 50k x 1000-step sampling projection, and the >= 1.5x diffusers verdicts -> gpu_targets.json
 #
-# Usage:  bash scripts/gpu_check.sh              (all stages; ~6-8 minutes on an H100)
-#         STAGES="tests bench" bash scripts/gpu_check.sh   (a subset, e.g. to fit a 10-minute limit)
+# Usage:  bash scripts/gpu_check.sh              (all stages; ~7-9 minutes on an H100, estimated)
+#         STAGES="tests cli" bash scripts/gpu_check.sh   (a subset, e.g. to fit a 10-minute limit)
 # Env:    PYTHON (default python3: the interpreter that has CUDA torch), RESULTS (default $OUT if
 #         set, else benchmarks/results). diffusers: installed, or a wheel in .whl/ (scripts/gpu_wheels.sh).
 # Exit status: non-zero if any stage failed; the summary at the end lists each stage.
@@ -16,7 +18,7 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 PY="${PYTHON:-python3}"
 RESULTS="${RESULTS:-${OUT:-benchmarks/results}}"
-STAGES="${STAGES:-tests bench targets}"
+STAGES="${STAGES:-tests cli bench targets}"
 DEVICE="${DEVICE:-cuda}"  # DEVICE=cpu with small BENCH_ARGS/TARGET_ARGS: a dry run of this script
 BENCH_ARGS="${BENCH_ARGS:-}"
 TARGET_ARGS="${TARGET_ARGS:-}"
@@ -53,6 +55,29 @@ for stage in $STAGES; do
       DDPM_TEST_DEVICE="$DEVICE" "$PY" -m pytest -q -p no:cacheprovider -m "slow or not slow" -rs \
         tests/test_fast_path.py 2>&1 | tee "$RESULTS/gpu_tests.log"
       rc[$stage]=${PIPESTATUS[0]} ;;
+    cli)
+      d=$(mktemp -d); graph=""; [ "$DEVICE" = cuda ] && graph="--cuda-graph"
+      {
+        "$PY" -m ddpm train --preset digits-tiny --run-dir "$d/run" --steps 20 --batch-size 32 \
+          --device "$DEVICE" --no-progress \
+        && "$PY" -m ddpm sample --ckpt "$d/run" -n 16 --batch-size 16 --steps 50 --device "$DEVICE" \
+          $graph --npz "$d/fast.npz" --no-progress \
+        && "$PY" -m ddpm sample --ckpt "$d/run" -n 16 --batch-size 16 --steps 50 --device "$DEVICE" \
+          --precision fp32 --no-channels-last --npz "$d/plain.npz" --no-progress \
+        && "$PY" - "$d" "$DEVICE" <<'PY'
+import json, sys
+import numpy as np
+from ddpm.accel import default_precision
+d, device = sys.argv[1], sys.argv[2]
+precision = json.load(open(f"{d}/run/config.json"))["train"]["precision"]
+fast, plain = (np.load(f"{d}/{n}.npz")["arr_0"].astype(int) for n in ("fast", "plain"))
+diff = np.abs(fast - plain)
+print(f"train.precision auto -> {precision} (expected {default_precision(device)}); sample fast vs plain "
+      f"fp32: mean |diff| {diff.mean():.2f}, max {diff.max()} of 255 levels")
+sys.exit(0 if precision == default_precision(device) and diff.mean() <= 16 else 1)
+PY
+      } 2>&1 | tee "$RESULTS/gpu_cli.log"
+      rc[$stage]=${PIPESTATUS[0]}; rm -rf "$d" ;;
     bench)
       extra=""; "$PY" -c 'import diffusers' 2>/dev/null || extra="--no-diffusers"
       "$PY" benchmarks/bench.py --device "$DEVICE" --cuda-graph $extra $BENCH_ARGS --out "$RESULTS/cuda.json" 2>&1 \

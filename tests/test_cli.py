@@ -106,6 +106,23 @@ def test_sample_class_all_on_conditional_model(cond_ckpt, tmp_path, capsys):
     assert np.array_equal(np.load(tmp_path / "a.npz")["arr_0"], to_uint8(x))
 
 
+def test_sample_speed_flags_compute_the_same_images(run_dir, tmp_path, capsys):
+    """The CPU default is the plain fp32 path; channels_last and bf16 autocast change pixels by little."""
+    from ddpm.images import to_uint8
+    from ddpm.sampling.api import generate
+
+    args = ["sample", "--ckpt", str(run_dir), "-n", "2", "--steps", "3", "--no-progress", "--device", "cpu"]
+    loaded = ckpt.load_checkpoint(run_dir)
+    plain = to_uint8(generate(loaded.model, loaded.diffusion, 2, steps=3, seed=0)).astype(int)
+    for extra, max_levels in [([], 0), (["--channels-last", "--precision", "fp32"], 1),
+                              (["--channels-last", "--precision", "bf16"], 16)]:
+        out = tmp_path / f"{len(extra)}{''.join(extra)}.npz"
+        rc, _, err = call(args + extra + ["--npz", str(out)], capsys)
+        assert rc == 0, err
+        diff = np.abs(np.load(out)["arr_0"].astype(int) - plain)
+        assert diff.max() <= max_levels, (extra, diff.max())
+
+
 MISUSE = {
     "unknown preset": ["train", "--preset", "nope", "--run-dir", "{tmp}/a"],
     "no preset": ["train", "--run-dir", "{tmp}/a"],
@@ -148,6 +165,8 @@ MISUSE = {
     "raw on EMA-only checkpoint": ["sample", "--ckpt", "{cond}", "--raw", "--grid", "{tmp}/o.png"],
     "unknown sampler": ["sample", "--ckpt", "{run}", "--sampler", "euler"],
     "class not a number": ["sample", "--ckpt", "{cond}", "--class", "seven"],
+    "cuda graph on CPU": ["sample", "--ckpt", "{run}", "--device", "cpu", "--cuda-graph", "--grid", "{tmp}/o.png"],
+    "bad sample precision": ["sample", "--ckpt", "{run}", "--precision", "fp16"],
     "info missing": ["info", "{tmp}/nockpt"],
     "info not a ddpm file": ["info", "{tmp}/foreign.safetensors"],
     "info not a checkpoint": ["info", "{tmp}/empty"],

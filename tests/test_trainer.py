@@ -229,3 +229,16 @@ def test_bf16_autocast_step_keeps_fp32_master_weights(tmp_path):
     assert torch.isfinite(loss)
     assert all(p.dtype == torch.float32 for p in tr.model.parameters())
     assert any(not torch.equal(a, b) for a, b in zip(before, tr.model.parameters()))
+
+
+def test_auto_precision_is_resolved_for_the_device_and_saved(tmp_path):
+    """`auto` (the default) is fp32 on a CPU; the run's config records the resolved value, so a
+    resume on another machine trains in the same precision. The caller's config is not mutated."""
+    cfg = tiny_config()
+    assert cfg.train.precision == "auto"
+    tr = Trainer(cfg, tmp_path / "run", dataset=tiny_dataset(), progress=False, tensorboard=False)
+    assert tr.config.train.precision == "fp32" and cfg.train.precision == "auto"
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["train"]["precision"] == "fp32"
+    with pytest.raises(ConfigError, match="train.precision must be auto, fp32 or bf16"):
+        Trainer(tiny_config("train.precision=fp16"), tmp_path / "bad", dataset=tiny_dataset(), progress=False,
+                tensorboard=False)

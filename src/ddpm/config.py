@@ -74,7 +74,9 @@ class TrainConfig:
     timestep_sampler: str = "uniform"  # uniform | loss-second-moment
     class_dropout: float = 0.0  # probability of replacing a label by the null label (for guidance)
     seed: int = 0
-    precision: str = "fp32"  # fp32 | bf16 (autocast, fp32 master weights)
+    # auto: bf16 autocast on GPUs with bf16 tensor cores (Ampere and later), fp32 elsewhere; the
+    # Trainer writes the resolved value into the run's config. bf16 keeps fp32 master weights.
+    precision: str = "auto"  # auto | fp32 | bf16
     compile: bool = False
     log_every: int = 100
     sample_every: int = 5000

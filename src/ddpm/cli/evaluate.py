@@ -9,6 +9,8 @@ import argparse
 import json
 from pathlib import Path
 
+from ddpm.cli.sample import add_speed_args, fast_path_from_args
+
 PAPER_SAMPLES = 50_000
 
 
@@ -58,6 +60,7 @@ def add_parser(subparsers) -> None:
                                            "(else $DDPM_INCEPTION_WEIGHTS, else ~/.cache/ddpm, downloading)")
         q.add_argument("--splits", type=int, default=10, help="IS splits (default 10, as OpenAI's code)")
         q.add_argument("--json", help="write the scores to this JSON file")
+        add_speed_args(q)
         if fid:
             q.add_argument("--ref", help="reference: stats .npz (mu, sigma), image folder/.npz, or a dataset "
                                          "name (default: the checkpoint's dataset)")
@@ -158,7 +161,7 @@ def _generated(args, device):
     ck = load_checkpoint(args.ckpt, device=device)
     x = generate(ck.model, ck.diffusion, args.num, batch_size=args.batch_size, sampler=args.sampler,
                  steps=args.steps, seed=args.seed, device=device, progress=info.is_main,
-                 rank=info.rank, world_size=info.world_size)
+                 rank=info.rank, world_size=info.world_size, fast=fast_path_from_args(args, device))
     x = distributed.gather_shards(x, info)
     distributed.cleanup()
     if not info.is_main:

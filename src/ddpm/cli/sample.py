@@ -67,7 +67,33 @@ def add_parser(subparsers) -> None:
                    help="classifier-free guidance w: (1+w)·eps(x,c) - w·eps(x,null); needs --class")
     p.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda when available)")
     p.add_argument("--threads", type=positive_int, help="CPU threads for torch")
+    add_speed_args(p)
     p.set_defaults(func=run)
+
+
+def add_speed_args(p) -> None:
+    """The network's fast paths (see docs/speed.md); the defaults change no result on CPU."""
+    g = p.add_argument_group("speed")
+    g.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="auto",
+                   help="network precision: auto = bf16 autocast on GPUs with bf16 tensor cores "
+                        "(Ampere and later), fp32 elsewhere; fp32 for paper-exact numbers")
+    g.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None,
+                   help="NHWC weights and activations (default: on CUDA; off on CPU, where it helps "
+                        "only large nets)")
+    g.add_argument("--compile", action="store_true", help="torch.compile the network (slow first batch)")
+    g.add_argument("--cuda-graph", action="store_true",
+                   help="replay the network call from a captured CUDA graph (CUDA only)")
+
+
+def fast_path_from_args(args, device):
+    """The :class:`ddpm.accel.FastPath` that ``add_speed_args``' flags ask for on ``device``."""
+    from ddpm.accel import FastPath
+
+    if args.cuda_graph and device.type != "cuda":
+        raise ConfigError(f"--cuda-graph needs a CUDA device, but sampling runs on {device}; drop it")
+    channels_last = device.type == "cuda" if args.channels_last is None else args.channels_last
+    return FastPath(channels_last=channels_last, precision=None if args.precision == "auto" else args.precision,
+                    compile=args.compile, cuda_graph=args.cuda_graph).resolve(device)
 
 
 def _check_output(path: str, *, is_dir: bool) -> Path:
@@ -130,10 +156,11 @@ def run(args) -> int:
     if args.steps is not None and args.steps > loaded.diffusion.num_timesteps:
         raise ConfigError(f"--steps must be at most the model's {loaded.diffusion.num_timesteps} timesteps")
     progress = (args.progress if args.progress is not None else sys.stderr.isatty()) and info.is_main
+    fast = fast_path_from_args(args, device)
     x = generate(loaded.model, loaded.diffusion, args.num, batch_size=args.batch_size, sampler=args.sampler,
                  steps=args.steps, eta=args.eta or 0.0, spacing=args.spacing, class_labels=args.class_label,
                  guidance=args.guidance, seed=args.seed, device=device, progress=progress,
-                 rank=info.rank, world_size=info.world_size)
+                 rank=info.rank, world_size=info.world_size, fast=fast)
     x = distributed.gather_shards(x, info)
     distributed.barrier()
     distributed.cleanup()  # leave the process group cleanly before any rank exits

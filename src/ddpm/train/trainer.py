@@ -17,6 +17,7 @@ from a poisoned state.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import random
 import sys
@@ -90,6 +91,9 @@ class Trainer:
             raise ConfigError("--resume and --init-from exclude each other")
         config = self._resolve_config(config, resume)
         self.config = validate_config(config)
+        if self.config.train.precision == "auto":  # saved resolved, so a resume elsewhere keeps it
+            train = dataclasses.replace(self.config.train, precision=accel.default_precision(self.device))
+            self.config = dataclasses.replace(self.config, train=train)
         tc = self.config.train
         if tc.batch_size % self.dist.world_size:
             raise ConfigError(f"train.batch_size={tc.batch_size} is not divisible by the "
