@@ -20,9 +20,9 @@ from typing import Any, Callable, Iterator
 import torch
 from torch import nn
 
+from ddpm.config import PRECISIONS
 from ddpm.errors import ConfigError
 
-PRECISIONS = ("fp32", "bf16")
 
 # Dense (no 2:4 sparsity) datasheet peaks in FLOP/s, keyed by a substring of the device name.
 # Sources: NVIDIA H100/H200 SXM, A100 SXM and L4 datasheets.

@@ -13,6 +13,9 @@ from typing import Any
 
 from ddpm.errors import ConfigError
 
+PRECISIONS = ("fp32", "bf16")  # what the network runs in
+PRECISION_CHOICES = ("auto", *PRECISIONS)  # what users may ask for: auto picks per device
+
 
 @dataclass
 class UNetConfig:

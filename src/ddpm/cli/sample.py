@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 from ddpm.cli.train import positive_int
+from ddpm.config import PRECISION_CHOICES
 from ddpm.errors import ConfigError, UserError
 
 DEFAULT_GRID = "samples.png"
@@ -74,7 +75,7 @@ def add_parser(subparsers) -> None:
 def add_speed_args(p) -> None:
     """The network's fast paths (see docs/speed.md); the defaults change no result on CPU."""
     g = p.add_argument_group("speed")
-    g.add_argument("--precision", choices=["auto", "fp32", "bf16"], default="auto",
+    g.add_argument("--precision", choices=PRECISION_CHOICES, default="auto",
                    help="network precision: auto = bf16 autocast on GPUs with bf16 tensor cores "
                         "(Ampere and later), fp32 elsewhere; fp32 for paper-exact numbers")
     g.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None,

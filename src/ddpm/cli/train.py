@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from ddpm.config import PRECISION_CHOICES
 from ddpm.errors import ConfigError
 
 
@@ -36,7 +37,7 @@ def add_parser(subparsers) -> None:
     p.add_argument("--steps", type=positive_int, help="train until this global step (default: train.steps)")
     p.add_argument("--batch-size", type=positive_int, help="global batch size (sets train.batch_size)")
     p.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda when available)")
-    p.add_argument("--precision", choices=["auto", "fp32", "bf16"],
+    p.add_argument("--precision", choices=PRECISION_CHOICES,
                    help="sets train.precision (default auto: bf16 autocast on Ampere+ GPUs, else fp32)")
     p.add_argument("--resume", action="store_true", help="continue the run in --run-dir from its latest checkpoint")
     p.add_argument("--init-from", metavar="CKPT",

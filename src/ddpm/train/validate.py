@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from ddpm.config import Config
+from ddpm.config import PRECISION_CHOICES, Config
 from ddpm.errors import ConfigError
 
 _OPTIONAL = {("model", "num_classes"): int, ("data", "path"): str, ("train", "sample_steps"): int}
@@ -67,7 +67,7 @@ def validate_config(cfg: Config) -> Config:
         raise ConfigError(f"train.class_dropout must be in [0, 1), got {t.class_dropout}")
     if not 0.0 <= m.dropout < 1.0:
         raise ConfigError(f"model.dropout must be in [0, 1), got {m.dropout}")
-    if t.precision not in ("auto", "fp32", "bf16"):
+    if t.precision not in PRECISION_CHOICES:
         raise ConfigError(f"train.precision must be auto, fp32 or bf16, got {t.precision!r}")
     if m.in_channels != d.channels:
         raise ConfigError(f"model.in_channels={m.in_channels} but data.channels={d.channels}; make them equal")
