@@ -357,6 +357,12 @@ def summarize(group: str, contenders: list[Contender], batch: int, chain: int | 
         f"{ours[0].name}/{c.name}": statistics.median(c.times) / base
         for c in contenders if base and c is not ours[0]
     }
+    # Each round's contenders ran back to back under the same load, so their ratio within a round
+    # is the paired measurement; its median and a bootstrap interval say how far the data go.
+    out["paired_ratios"] = {
+        f"{ours[0].name}/{c.name}": paired_ratio_summary(ours[0].times, c.times)
+        for c in contenders if base and c is not ours[0]
+    }
     # On a loaded machine wall time includes waiting for a core; CPU time is a second opinion.
     if ours:
         cbase = statistics.median(ours[0].cpu_times)
@@ -365,6 +371,21 @@ def summarize(group: str, contenders: list[Contender], batch: int, chain: int | 
             for c in contenders if cbase and c is not ours[0]
         }
     return out
+
+
+def paired_ratio_summary(ours: list[float], theirs: list[float], confidence: float = 0.95,
+                         resamples: int = 10_000, seed: int = 0) -> dict:
+    """Per-round ratios theirs[r] / ours[r] (> 1: ddpm faster), their median, and a percentile
+    bootstrap interval for that median (fixed seed, so a results file always renders the same)."""
+    import random
+
+    ratios = [b / a for a, b in zip(ours, theirs)]
+    rng = random.Random(seed)
+    meds = sorted(statistics.median(rng.choices(ratios, k=len(ratios))) for _ in range(resamples))
+    tail = (1.0 - confidence) / 2
+    lo, hi = meds[int(tail * (resamples - 1))], meds[int((1.0 - tail) * (resamples - 1))]
+    return {"per_round": ratios, "median": statistics.median(ratios), "ci_low": lo, "ci_high": hi,
+            "confidence": confidence}
 
 
 def print_table(title: str, res: dict, chain: int | None) -> None:
@@ -383,7 +404,10 @@ def print_table(title: str, res: dict, chain: int | None) -> None:
         line += f"{row.get('flops_per_s', 0) / 1e12:>10.3f}"
         print(line)
     for k, v in res["ratios"].items():
-        print(f"  ratio {k}: {v:.3f}x (wall)   {res['cpu_time_ratios'][k]:.3f}x (process CPU time)")
+        pr = res["paired_ratios"][k]
+        print(f"  ratio {k}: {v:.3f}x (wall)   {res['cpu_time_ratios'][k]:.3f}x (process CPU time)   "
+              f"per-round median {pr['median']:.3f}x, {100 * pr['confidence']:.0f}% interval "
+              f"{pr['ci_low']:.3f}-{pr['ci_high']:.3f}")
 
 
 def machine_info(device: torch.device) -> dict:

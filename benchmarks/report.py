@@ -61,7 +61,23 @@ def render(res: dict) -> str:
                     lines.append(f"| {name} | {row['sec_per_step_median']:.3f} | {row['nfe_per_s']:.2f} "
                                  f"| {row['images_per_s_extrapolated']:.4f} | {peak} | {ratio} | {cratio} |")
             lines.append("")
+            paired = g.get("paired_ratios", {})
+            if paired:  # results files from before run 8 lack the per-round pairing
+                lines.append("| ddpm against | per-round ratio, median | 95 % bootstrap interval | ≥ 1.1× target |")
+                lines.append("| --- | ---: | ---: | --- |")
+                for key, pr in paired.items():
+                    lines.append(f"| {key.split('/', 1)[1]} | {pr['median']:.3f}× | {pr['ci_low']:.3f}–{pr['ci_high']:.3f}× "
+                                 f"| {verdict(pr, 1.1)} |")
+                lines.append("")
     return "\n".join(lines)
+
+
+def verdict(summary: dict, target: float) -> str:
+    """'met' when the whole interval is at or above ``target``, 'not met' when it lies below it,
+    else 'undecided': the rounds cannot tell."""
+    if summary["ci_low"] >= target:
+        return "met"
+    return "not met" if summary["ci_high"] < target else "undecided"
 
 
 def main(argv=None) -> int:
