@@ -138,6 +138,9 @@ def main(argv=None) -> int:
                 worst = min(ratios.values())
                 out["verdicts"][f"{group}_1.5x_diffusers"] = worst >= RATIO_TARGET
                 print(f"{group}: ddpm vs diffusers " + ", ".join(f"{k} {v:.2f}x" for k, v in ratios.items()))
+                for k, pr in mode[group].get("paired_ratios", {}).items():  # how sure the medians are
+                    print(f"    {k}: per-round median {pr['median']:.2f}x, 95% interval "
+                          f"{pr['ci_low']:.2f}-{pr['ci_high']:.2f}x")
     print("\nverdicts: " + ", ".join(f"{k}={'PASS' if v else 'FAIL'}" for k, v in out["verdicts"].items()))
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
