@@ -69,8 +69,17 @@ def test_two_gloo_ranks_equal_one_process(tmp_path):
     for name in ("model.safetensors", "ema.safetensors"):
         sa, _ = ckpt.read_weights(a / name)
         sb, _ = ckpt.read_weights(b / name)
-        for k in sa:
-            torch.testing.assert_close(sb[k], sa[k], rtol=0, atol=1e-5)
+        assert sa.keys() == sb.keys()
+        # Compared as one vector, not per element: a bias added just before a GroupNorm with one
+        # channel per group (here the last block's conv2 and shortcut biases, before norm_out) has
+        # an exactly-zero true gradient, so its gradient is rounding noise that depends on how the
+        # batch was split, and Adam scales noise up to a full lr-sized step (measured: up to 1.1e-5
+        # on one element, 5e-7 of the whole vector's norm).
+        # Training on the wrong images moves the vector by 3.6e-3 of its norm (measured with half
+        # of the dataset replaced by copies of the other half), far above this bound.
+        va = torch.cat([sa[k].flatten().double() for k in sorted(sa)])
+        vb = torch.cat([sb[k].flatten().double() for k in sorted(sb)])
+        assert ((vb - va).norm() / va.norm()).item() <= 1e-5, name
     from ddpm.train.metrics import read_metrics
 
     la = [r["loss"] for r in read_metrics(tmp_path / "single")]
