@@ -67,3 +67,16 @@ def test_summarize_and_report_render_the_paired_table():
 def test_report_still_renders_results_files_without_pairing():
     text = report.render(json.loads((BENCH_DIR / "results" / "cpu_run6_idle.json").read_text()))
     assert "| ddpm | 2.973 |" in text and "bootstrap" not in text
+
+
+def test_gpu_results_are_judged_against_the_gpu_target():
+    ddpm = bench.Contender("ddpm", run=lambda: None, units=1, times=[1.0] * 3, cpu_times=[1.0] * 3)
+    other = bench.Contender("diffusers+tricks", run=lambda: None, units=1, times=[1.3] * 3, cpu_times=[1.3] * 3)
+    res = bench.summarize("train", [ddpm, other], batch=128, chain=None, flops_per_image=None)
+    doc = {"command": "bench.py", "date_utc": "2026-11-23", "preset": "cifar10", "params": 35746307,
+           "flops": {"forward_per_image": 12.44e9, "train_step_per_image": 37.32e9},
+           "machine": {"processor": "cpu", "gpu": "NVIDIA H100", "cpu_count": 16, "torch": "2.13.0",
+                       "torch_threads": 16, "python": "3.11", "loadavg_start": [0.0], "loadavg_end": [1.0]},
+           "modes": {"bf16": {"peak_flops": 9.9e14, "peak_source": "datasheet", "train": res}}}
+    text = report.render(doc)
+    assert "| ≥ 1.5× target |" in text and "| diffusers+tricks | 1.300× | 1.300–1.300× | not met |" in text
