@@ -9,7 +9,7 @@
 #   3. benchmarks/gpu_targets.py: 8,000 img/s training at batch 128 (eager and compiled),
 #      the 50k x 1000-step sampling projection, and the >= 1.5x diffusers verdicts -> gpu_targets.json
 #
-# Usage:  bash scripts/gpu_check.sh              (all stages; ~7-9 minutes on an H100, estimated)
+# Usage:  bash scripts/gpu_check.sh              (all stages; not yet timed on a GPU)
 #         STAGES="tests cli" bash scripts/gpu_check.sh   (a subset, e.g. to fit a 10-minute limit)
 # Env:    PYTHON (default python3: the interpreter that has CUDA torch), RESULTS (default $OUT if
 #         set, else benchmarks/results). diffusers: installed, or a wheel in .whl/ (scripts/gpu_wheels.sh).
