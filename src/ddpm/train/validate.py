@@ -68,7 +68,8 @@ def validate_config(cfg: Config) -> Config:
     if not 0.0 <= m.dropout < 1.0:
         raise ConfigError(f"model.dropout must be in [0, 1), got {m.dropout}")
     if t.precision not in PRECISION_CHOICES:
-        raise ConfigError(f"train.precision must be auto, fp32 or bf16, got {t.precision!r}")
+        raise ConfigError(f"train.precision must be {', '.join(PRECISION_CHOICES[:-1])} or {PRECISION_CHOICES[-1]}, "
+                          f"got {t.precision!r}")
     if m.in_channels != d.channels:
         raise ConfigError(f"model.in_channels={m.in_channels} but data.channels={d.channels}; make them equal")
     if m.resolution != d.resolution:
