@@ -34,6 +34,7 @@ import itertools
 import json
 import os
 import platform
+import random
 import statistics
 import sys
 import tempfile
@@ -377,8 +378,6 @@ def paired_ratio_summary(ours: list[float], theirs: list[float], confidence: flo
                          resamples: int = 10_000, seed: int = 0) -> dict:
     """Per-round ratios theirs[r] / ours[r] (> 1: ddpm faster), their median, and a percentile
     bootstrap interval for that median (fixed seed, so a results file always renders the same)."""
-    import random
-
     ratios = [b / a for a, b in zip(ours, theirs)]
     rng = random.Random(seed)
     meds = sorted(statistics.median(rng.choices(ratios, k=len(ratios))) for _ in range(resamples))

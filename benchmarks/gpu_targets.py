@@ -27,12 +27,13 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import bench  # noqa: E402  (the shared harness in this folder)
+import report  # noqa: E402  (the ratio targets and the interval verdict)
 
 from ddpm import accel  # noqa: E402
 from ddpm.config import DiffusionConfig  # noqa: E402
 from ddpm.models.unet import UNet  # noqa: E402
 
-N_IMAGES, T, TRAIN_TARGET, SAMPLE_MINUTES, RATIO_TARGET = 50_000, 1000, 8000.0, 40.0, 1.5
+N_IMAGES, T, TRAIN_TARGET, SAMPLE_MINUTES = 50_000, 1000, 8000.0, 40.0
 
 
 def median_time(fn, repeats: int, device) -> float:
@@ -136,11 +137,12 @@ def main(argv=None) -> int:
             ratios = mode.get(group, {}).get("ratios", {})
             if ratios:
                 worst = min(ratios.values())
-                out["verdicts"][f"{group}_1.5x_diffusers"] = worst >= RATIO_TARGET
+                out["verdicts"][f"{group}_1.5x_diffusers"] = worst >= report.GPU_TARGET
                 print(f"{group}: ddpm vs diffusers " + ", ".join(f"{k} {v:.2f}x" for k, v in ratios.items()))
                 for k, pr in mode[group].get("paired_ratios", {}).items():  # how sure the medians are
-                    print(f"    {k}: per-round median {pr['median']:.2f}x, 95% interval "
-                          f"{pr['ci_low']:.2f}-{pr['ci_high']:.2f}x")
+                    print(f"    {k}: per-round median {pr['median']:.2f}x, {100 * pr['confidence']:.0f}% "
+                          f"interval {pr['ci_low']:.2f}-{pr['ci_high']:.2f}x: "
+                          f"{report.verdict(pr, report.GPU_TARGET)}")
     print("\nverdicts: " + ", ".join(f"{k}={'PASS' if v else 'FAIL'}" for k, v in out["verdicts"].items()))
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
