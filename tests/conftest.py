@@ -1,4 +1,6 @@
+import importlib.util
 import os
+import sys
 from pathlib import Path
 
 import pytest
@@ -24,3 +26,25 @@ def fixtures() -> Path:
     if d is None or not d.is_dir():
         pytest.skip("authors' fixtures not found: set DDPM_FIXTURES to the folder holding official_unet_tiny.npz")
     return d
+
+
+def _load_benchmark_script(name: str):
+    """Import ``benchmarks/<name>.py`` (a folder of scripts, not a package) as a module."""
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(f"ddpm_benchmarks_{name}", path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="session")
+def bench():
+    """benchmarks/bench.py, the timing harness."""
+    return _load_benchmark_script("bench")
+
+
+@pytest.fixture(scope="session")
+def report():
+    """benchmarks/report.py, the Markdown tables and target verdicts."""
+    return _load_benchmark_script("report")

@@ -1,8 +1,6 @@
 """The benchmark's paired-ratio statistics and its Markdown report (no timing: that is bench.py's job)."""
 
-import importlib.util
 import json
-import sys
 from pathlib import Path
 
 import pytest
@@ -10,18 +8,7 @@ import pytest
 BENCH_DIR = Path(__file__).resolve().parents[1] / "benchmarks"
 
 
-def _load(name: str):
-    spec = importlib.util.spec_from_file_location(f"ddpm_bench_{name}", BENCH_DIR / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
-
-
-bench, report = _load("bench"), _load("report")
-
-
-def test_paired_ratios_are_theirs_over_ours_per_round():
+def test_paired_ratios_are_theirs_over_ours_per_round(bench):
     s = bench.paired_ratio_summary([2.0, 1.0, 4.0], [3.0, 1.0, 2.0])
     assert s["per_round"] == pytest.approx([1.5, 1.0, 0.5])
     assert s["median"] == pytest.approx(1.0)
@@ -29,14 +16,14 @@ def test_paired_ratios_are_theirs_over_ours_per_round():
     assert 0.5 <= s["ci_low"] <= s["median"] <= s["ci_high"] <= 1.5
 
 
-def test_identical_rounds_give_a_zero_width_interval_and_a_sure_verdict():
+def test_identical_rounds_give_a_zero_width_interval_and_a_sure_verdict(bench, report):
     s = bench.paired_ratio_summary([1.0] * 5, [1.2] * 5)
     assert s["ci_low"] == pytest.approx(1.2) and s["ci_high"] == pytest.approx(1.2)
     assert report.verdict(s, 1.1) == "met"
     assert report.verdict(bench.paired_ratio_summary([1.0] * 5, [1.05] * 5), 1.1) == "not met"
 
 
-def test_spread_rounds_are_undecided_and_the_interval_is_reproducible():
+def test_spread_rounds_are_undecided_and_the_interval_is_reproducible(bench, report):
     ours = [1.0] * 9
     theirs = [0.85, 0.95, 1.0, 1.05, 1.1, 1.12, 1.2, 1.25, 1.3]
     a, b = bench.paired_ratio_summary(ours, theirs), bench.paired_ratio_summary(ours, theirs)
@@ -48,7 +35,7 @@ def test_spread_rounds_are_undecided_and_the_interval_is_reproducible():
     assert wide["ci_low"] <= a["ci_low"] and wide["ci_high"] >= a["ci_high"]
 
 
-def test_summarize_and_report_render_the_paired_table():
+def test_summarize_and_report_render_the_paired_table(bench, report):
     ddpm = bench.Contender("ddpm", run=lambda: None, units=1, times=[1.0, 1.0, 1.0], cpu_times=[1.0, 1.0, 1.0])
     other = bench.Contender("diffusers+tricks", run=lambda: None, units=1, times=[1.3, 1.2, 1.25],
                             cpu_times=[1.2, 1.2, 1.2])
@@ -64,12 +51,12 @@ def test_summarize_and_report_render_the_paired_table():
     assert "| diffusers+tricks | 1.250× | 1.200–1.300× | met |" in text
 
 
-def test_report_still_renders_results_files_without_pairing():
+def test_report_still_renders_results_files_without_pairing(report):
     text = report.render(json.loads((BENCH_DIR / "results" / "cpu_run6_idle.json").read_text()))
     assert "| ddpm | 2.973 |" in text and "bootstrap" not in text
 
 
-def test_gpu_results_are_judged_against_the_gpu_target():
+def test_gpu_results_are_judged_against_the_gpu_target(bench, report):
     ddpm = bench.Contender("ddpm", run=lambda: None, units=1, times=[1.0] * 3, cpu_times=[1.0] * 3)
     other = bench.Contender("diffusers+tricks", run=lambda: None, units=1, times=[1.3] * 3, cpu_times=[1.3] * 3)
     res = bench.summarize("train", [ddpm, other], batch=128, chain=None, flops_per_image=None)

@@ -340,18 +340,10 @@ def test_training_step_makes_no_host_sync(tmp_path, precision):
 
 
 @pytest.mark.slow
-def test_benchmark_script_runs_and_writes_json(tmp_path):
+def test_benchmark_script_runs_and_writes_json(tmp_path, bench):
     """benchmarks/bench.py end to end on the small preset (ddpm alone, one round)."""
-    import importlib.util
     import json
-    import sys
-    from pathlib import Path
 
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "bench.py"
-    spec = importlib.util.spec_from_file_location("ddpm_bench", path)
-    bench = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = bench  # dataclasses look their module up there
-    spec.loader.exec_module(bench)
     out = tmp_path / "cpu.json"
     assert bench.main(["--preset", "small", "--no-diffusers", "--repeats", "1", "--train-batch", "2",
                        "--sample-batch", "2", "--sample-steps", "1", "--out", str(out)]) == 0
