@@ -34,6 +34,11 @@ class UNetConfig:
     # Label index ``num_classes`` is the null label used for unconditional / guided sampling.
     num_classes: int | None = None
 
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        """(C, H, W) of the images the network denoises."""
+        return (self.in_channels, self.resolution, self.resolution)
+
 
 @dataclass
 class DiffusionConfig:
@@ -105,13 +110,31 @@ class DataConfig:
 
 
 @dataclass
+class SamplerConfig:
+    """How images are drawn: a sampler of :data:`ddpm.sampling.registry.SAMPLERS` and its settings.
+
+    Saved in every checkpoint as the model's default (``ddpm sample`` with no flags uses it; a
+    distilled model records the few-step sampler it was made for). Checked once, against the model,
+    by :func:`ddpm.sampling.registry.resolve_sampler`.
+    """
+
+    sampler: str = "ddpm"  # Algorithm 2: the paper's sampler
+    steps: int | None = None  # network steps; None: the sampler's default (all T for ddpm/ddim)
+    spacing: str | None = None  # which timesteps K steps visit; None: the sampler's first choice
+    guidance: float = 0.0  # classifier-free guidance w (Ho & Salimans 2021); needs class labels
+    clip_denoised: bool = True  # clip x̂0 to [-1, 1] inside every step, as the authors
+    options: dict = field(default_factory=dict)  # the sampler's own settings, e.g. {"eta": 0.5}
+
+
+@dataclass
 class Config:
-    """Everything needed to rebuild a run: network, diffusion, training recipe and data."""
+    """Everything needed to rebuild a run: network, diffusion, training recipe, data and sampler."""
 
     model: UNetConfig = field(default_factory=UNetConfig)
     diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     data: DataConfig = field(default_factory=DataConfig)
+    sampling: SamplerConfig = field(default_factory=SamplerConfig)
     preset: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
@@ -127,6 +150,7 @@ class Config:
             diffusion=_from_dict(DiffusionConfig, d.get("diffusion", {})),
             train=_from_dict(TrainConfig, d.get("train", {})),
             data=_from_dict(DataConfig, d.get("data", {})),
+            sampling=_from_dict(SamplerConfig, d.get("sampling", {})),
             preset=d.get("preset"),
         )
 

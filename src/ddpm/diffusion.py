@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from typing import Callable, Iterator
 
+import numpy as np
 import torch
 
 from ddpm.errors import ConfigError
@@ -88,6 +89,19 @@ class GaussianDiffusion:
     def learns_variance(self) -> bool:
         """True when the model must output 2C channels (mean part, variance part)."""
         return self.var_type in LEARNED_VARS
+
+    def add_tables(self, tables: dict) -> None:
+        """Register float64 tables derived from this schedule (e.g. a sampler's per-step coefficients)
+        so that :meth:`gather` serves them, cast and cached like the built-in ones. Names already
+        present are kept as they are."""
+        new = {k: np.asarray(v, dtype=np.float64) for k, v in tables.items() if k not in self._table_names}
+        if not new:
+            return
+        for name, arr in new.items():
+            setattr(self, name, arr)
+        self._table_names += tuple(new)
+        self._cache.clear()
+        self._last = None
 
     def tables(self, device, dtype: torch.dtype = torch.float32) -> dict[str, torch.Tensor]:
         """Every table as a torch tensor on ``device`` in ``dtype`` (built once, then cached)."""

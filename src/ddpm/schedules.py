@@ -105,7 +105,8 @@ def compute_tables(betas) -> dict[str, np.ndarray]:
     """All float64 arrays the diffusion needs, from β (spec §1.2, §2.2, §8.2).
 
     Keys: ``betas, alphas, alphas_cumprod, alphas_cumprod_prev, alphas_cumprod_next,
-    sqrt_alphas_cumprod, one_minus_alphas_cumprod, sqrt_one_minus_alphas_cumprod, log_one_minus_alphas_cumprod,
+    sqrt_alphas_cumprod, sqrt_alphas_cumprod_prev, sqrt_alphas_cumprod_next (DDIM),
+    sqrt_one_minus_alphas_cumprod_next (DDIM inversion), one_minus_alphas_cumprod, sqrt_one_minus_alphas_cumprod, log_one_minus_alphas_cumprod,
     sqrt_recip_alphas_cumprod, sqrt_recipm1_alphas_cumprod, posterior_variance,
     posterior_log_variance_clipped, posterior_mean_coef1, posterior_mean_coef2,
     fixedlarge_variance, fixedlarge_log_variance, log_betas, xprev_coef1, xprev_coef2``.
@@ -134,6 +135,9 @@ def compute_tables(betas) -> dict[str, np.ndarray]:
             "alphas_cumprod_prev": ac_prev,
             "alphas_cumprod_next": ac_next,
             "sqrt_alphas_cumprod": np.sqrt(ac),
+            "sqrt_alphas_cumprod_prev": np.sqrt(ac_prev),
+            "sqrt_alphas_cumprod_next": np.sqrt(ac_next),
+            "sqrt_one_minus_alphas_cumprod_next": np.sqrt(1.0 - ac_next),
             "one_minus_alphas_cumprod": 1.0 - ac,
             "sqrt_one_minus_alphas_cumprod": np.sqrt(1.0 - ac),
             "log_one_minus_alphas_cumprod": np.log(1.0 - ac),

@@ -159,7 +159,7 @@ def run(args) -> int:
     progress = (args.progress if args.progress is not None else sys.stderr.isatty()) and info.is_main
     fast = fast_path_from_args(args, device)
     x = generate(loaded.model, loaded.diffusion, args.num, batch_size=args.batch_size, sampler=args.sampler,
-                 steps=args.steps, eta=args.eta or 0.0, spacing=args.spacing, class_labels=args.class_label,
+                 steps=args.steps, eta=args.eta, spacing=args.spacing, class_labels=args.class_label,
                  guidance=args.guidance, seed=args.seed, device=device, progress=progress,
                  rank=info.rank, world_size=info.world_size, fast=fast)
     x = distributed.gather_shards(x, info)

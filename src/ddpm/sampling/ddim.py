@@ -24,36 +24,12 @@ from typing import Callable, Iterator, Sequence
 import numpy as np
 import torch
 
+from ddpm.diffusion import _noise_at, randn, randn_like
 from ddpm.errors import ConfigError
+from ddpm.sampling.registry import Option, SamplerSpec
+from ddpm.sampling.respace import SPACINGS, chain_length, respace
 
 NoiseSource = torch.Tensor | Callable[[int], torch.Tensor] | None
-
-
-class _Tables:
-    """The float64 DDIM coefficients of one diffusion and η, cast once to ``x``'s dtype/device."""
-
-    def __init__(self, diffusion, eta: float, like: torch.Tensor):
-        ac = np.asarray(diffusion.alphas_cumprod, dtype=np.float64)
-        ac_prev = np.append(1.0, ac[:-1])
-        ac_next = np.append(ac[1:], 0.0)
-        sigma = eta * np.sqrt((1.0 - ac_prev) / (1.0 - ac) * (1.0 - ac / ac_prev))
-        # Clamp the rounding residue at t = 0 (where 1 − ᾱ' − σ² is exactly 0 in real arithmetic).
-        direction = np.sqrt(np.maximum(1.0 - ac_prev - sigma**2, 0.0))
-        # float32 tables for every input but float64 ones (as GaussianDiffusion.gather): ᾱ_T ≈ 4e-5
-        # would not survive a bf16 table.
-        dtype = torch.float64 if like.dtype == torch.float64 else torch.float32
-        cast = lambda a: torch.from_numpy(a).to(device=like.device, dtype=dtype)  # noqa: E731
-        self.sqrt_recip_ac = cast(np.sqrt(1.0 / ac))
-        self.sqrt_recipm1_ac = cast(np.sqrt(1.0 / ac - 1.0))
-        self.sqrt_ac_prev = cast(np.sqrt(ac_prev))
-        self.sigma = cast(sigma)
-        self.direction = cast(direction)
-        self.sqrt_ac_next = cast(np.sqrt(ac_next))
-        self.sqrt_one_minus_ac_next = cast(np.sqrt(1.0 - ac_next))
-
-    @staticmethod
-    def at(table: torch.Tensor, t: torch.Tensor, ndim: int) -> torch.Tensor:
-        return table[t].reshape(-1, *([1] * (ndim - 1)))
 
 
 def _check_eta(eta: float) -> float:
@@ -63,53 +39,55 @@ def _check_eta(eta: float) -> float:
     return eta
 
 
-def _eps_from_xstart(tab: _Tables, x_t: torch.Tensor, t: torch.Tensor, x0: torch.Tensor) -> torch.Tensor:
-    n = x_t.ndim
-    return (tab.at(tab.sqrt_recip_ac, t, n) * x_t - x0) / tab.at(tab.sqrt_recipm1_ac, t, n)
+def _coefficients(diffusion, eta: float) -> tuple[str, str]:
+    """Names of the η-dependent tables σ_t and √(1 − ᾱ' − σ_t²), registered on ``diffusion`` once."""
+    sigma, direction = f"ddim_sigma[eta={eta!r}]", f"ddim_direction[eta={eta!r}]"
+    ac, ac_prev = diffusion.alphas_cumprod, diffusion.alphas_cumprod_prev
+    with np.errstate(divide="ignore", invalid="ignore"):
+        s = eta * np.sqrt((1.0 - ac_prev) / (1.0 - ac) * (1.0 - ac / ac_prev))
+    # Clamp the rounding residue at t = 0 (where 1 − ᾱ' − σ² is exactly 0 in real arithmetic).
+    diffusion.add_tables({sigma: s, direction: np.sqrt(np.maximum(1.0 - ac_prev - s**2, 0.0))})
+    return sigma, direction
 
 
 def ddim_step(diffusion, model, x: torch.Tensor, t: torch.Tensor, *, eta: float = 0.0,
               noise: torch.Tensor | None = None, clip_denoised: bool = True,
-              model_kwargs: dict | None = None, generator: torch.Generator | None = None,
-              _tables: _Tables | None = None) -> dict:
+              model_kwargs: dict | None = None, generator: torch.Generator | None = None) -> dict:
     """One DDIM step from x_t (code indices ``t``, shape (B,)); dict with ``sample``, ``pred_xstart``, ``eps``."""
-    tab = _tables or _Tables(diffusion, _check_eta(eta), x)
+    eta = _check_eta(eta)
+    sigma, direction = _coefficients(diffusion, eta)
     out = diffusion.p_mean_variance(model, x, t, clip_denoised=clip_denoised, model_kwargs=model_kwargs)
     x0 = out["pred_xstart"]
-    eps = _eps_from_xstart(tab, x, t, x0)
-    n = x.ndim
-    sample = tab.at(tab.sqrt_ac_prev, t, n) * x0 + tab.at(tab.direction, t, n) * eps
+    eps = diffusion.predict_eps_from_xstart(x, t, x0)
+    sample = diffusion.gather("sqrt_alphas_cumprod_prev", t, x) * x0 + diffusion.gather(direction, t, x) * eps
     if eta > 0:
         if noise is None:
-            noise = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
-        nonzero = (t != 0).to(x.dtype).reshape(-1, *([1] * (n - 1)))
-        sample = sample + nonzero * tab.at(tab.sigma, t, n) * noise
+            noise = randn_like(x, generator)
+        nonzero = (t != 0).to(x.dtype).reshape(-1, *([1] * (x.ndim - 1)))
+        sample = sample + nonzero * diffusion.gather(sigma, t, x) * noise
     return {"sample": sample, "pred_xstart": x0, "eps": eps}
-
-
-def _step_noise(step_noise: NoiseSource, i: int) -> torch.Tensor | None:
-    if step_noise is None:
-        return None
-    return step_noise(i) if callable(step_noise) else step_noise[i]
 
 
 def ddim_sample_loop_progressive(diffusion, model, shape: Sequence[int], *, eta: float = 0.0,
                                  noise: torch.Tensor | None = None, step_noise: NoiseSource = None,
                                  clip_denoised: bool = True, model_kwargs: dict | None = None,
                                  generator: torch.Generator | None = None, device=None,
-                                 progress: bool = False) -> Iterator[dict]:
+                                 progress: bool = False, t_start: int | None = None) -> Iterator[dict]:
     """Yield ``{"t", "sample", "pred_xstart"}`` after each DDIM step from x_T (``noise``) down to x_0.
 
     ``step_noise[t]`` (a tensor indexed by the chain's code index, or a callable t → tensor) is the
-    noise of the step leaving x_t; it is only drawn when η > 0.
+    noise of the step leaving x_t; it is only drawn when η > 0. ``t_start`` starts part-way, ``noise``
+    being x at code step ``t_start``.
     """
     eta = _check_eta(eta)
+    t_start = diffusion.num_timesteps - 1 if t_start is None else int(t_start)
+    if not 0 <= t_start < diffusion.num_timesteps:
+        raise ConfigError(f"t_start must be in [0, {diffusion.num_timesteps - 1}], got {t_start}")
     if noise is not None:
         x = noise.to(device) if device is not None else noise
     else:
-        x = torch.randn(tuple(shape), generator=generator, device=device)
-    tab = _Tables(diffusion, eta, x)
-    indices = range(diffusion.num_timesteps - 1, -1, -1)
+        x = randn(tuple(shape), generator, device)
+    indices = range(t_start, -1, -1)
     if progress:
         from tqdm.auto import tqdm
 
@@ -117,9 +95,9 @@ def ddim_sample_loop_progressive(diffusion, model, shape: Sequence[int], *, eta:
     with torch.no_grad():
         for i in indices:
             t = torch.full((x.shape[0],), i, device=x.device, dtype=torch.long)
-            z = _step_noise(step_noise, i) if eta > 0 and i > 0 else None
+            z = _noise_at(step_noise, i, x, generator) if eta > 0 and i > 0 else None
             out = ddim_step(diffusion, model, x, t, eta=eta, noise=z, clip_denoised=clip_denoised,
-                            model_kwargs=model_kwargs, generator=generator, _tables=tab)
+                            model_kwargs=model_kwargs, generator=generator)
             x = out["sample"]
             yield {"t": i, "sample": x, "pred_xstart": out["pred_xstart"]}
 
@@ -132,15 +110,49 @@ def ddim_sample_loop(diffusion, model, shape: Sequence[int], **kwargs) -> torch.
     return final["sample"]
 
 
+def sample_ddim(model, diffusion, x, *, noise, steps=None, spacing="uniform", clip_denoised=True,
+                model_kwargs=None, callback=None, progress=False, t_start=None, eta=0.0):
+    """DDIM with η on the ``steps``-step chain; the registry's contract (:mod:`ddpm.sampling.registry`)."""
+    chain = respace(diffusion, steps, spacing)
+    if t_start is not None and chain is not diffusion:
+        raise ConfigError("a part-way start (t_start) needs the full chain; drop steps")
+    original = getattr(chain, "timestep_map", None)
+
+    def orig(i: int) -> int:
+        return int(original[i]) if original is not None else i
+
+    sample = x
+    for k, out in enumerate(ddim_sample_loop_progressive(
+            chain, model, x.shape, eta=eta, noise=x, step_noise=(lambda i: noise(orig(i))) if eta > 0 else None,
+            clip_denoised=clip_denoised, model_kwargs=model_kwargs, progress=progress, t_start=t_start)):
+        sample = out["sample"]
+        if callback is not None:
+            callback({"i": k, "t": orig(out["t"]), "x": sample, "pred_xstart": out["pred_xstart"]})
+    return sample
+
+
+DDIM = SamplerSpec(
+    name="ddim",
+    fn=sample_ddim,
+    summary="DDIM with eta (0: deterministic, 1: ancestral with the posterior variance)",
+    options=(Option("eta", 0.0, "DDIM's η: 0 deterministic, 1 ancestral with β̃", low=0.0, high=1.0),),
+    spacings=SPACINGS,
+    deterministic=lambda options: options["eta"] == 0.0,
+    noise_draws=lambda T, steps, spacing, options: chain_length(T, steps, spacing) - 1,
+    nfe=lambda T, steps, spacing, options: chain_length(T, steps, spacing),
+    supports_t_start=True,
+    references="Song, Meng & Ermon 2021, Eq. 12 and 16",
+)
+
+
 def ddim_reverse_step(diffusion, model, x: torch.Tensor, t: torch.Tensor, *, clip_denoised: bool = False,
-                      model_kwargs: dict | None = None, _tables: _Tables | None = None) -> dict:
+                      model_kwargs: dict | None = None) -> dict:
     """One deterministic inversion step x_t → x_{t+1} (η = 0); dict with ``sample``, ``pred_xstart``."""
-    tab = _tables or _Tables(diffusion, 0.0, x)
     out = diffusion.p_mean_variance(model, x, t, clip_denoised=clip_denoised, model_kwargs=model_kwargs)
     x0 = out["pred_xstart"]
-    eps = _eps_from_xstart(tab, x, t, x0)
-    n = x.ndim
-    sample = tab.at(tab.sqrt_ac_next, t, n) * x0 + tab.at(tab.sqrt_one_minus_ac_next, t, n) * eps
+    eps = diffusion.predict_eps_from_xstart(x, t, x0)
+    sample = (diffusion.gather("sqrt_alphas_cumprod_next", t, x) * x0
+              + diffusion.gather("sqrt_one_minus_alphas_cumprod_next", t, x) * eps)
     return {"sample": sample, "pred_xstart": x0}
 
 
@@ -153,7 +165,6 @@ def ddim_invert(diffusion, model, x0: torch.Tensor, *, clip_denoised: bool = Fal
     :func:`ddim_decode`) because clipping x̂0 breaks the symmetry the round trip relies on.
     """
     x = x0
-    tab = _Tables(diffusion, 0.0, x)
     indices = range(diffusion.num_timesteps)
     if progress:
         from tqdm.auto import tqdm
@@ -163,7 +174,7 @@ def ddim_invert(diffusion, model, x0: torch.Tensor, *, clip_denoised: bool = Fal
         for i in indices:
             t = torch.full((x.shape[0],), i, device=x.device, dtype=torch.long)
             x = ddim_reverse_step(diffusion, model, x, t, clip_denoised=clip_denoised,
-                                  model_kwargs=model_kwargs, _tables=tab)["sample"]
+                                  model_kwargs=model_kwargs)["sample"]
     return x
 
 

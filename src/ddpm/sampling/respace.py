@@ -1,4 +1,4 @@
-"""Timestep respacing: run a diffusion on a subsequence of its T steps (improved DDPM, spec §8.4).
+"""Timestep respacing: run a diffusion on a subsequence of its T steps (Nichol & Dhariwal 2021, §4).
 
 Keeping the steps S = {s_1 < ... < s_K} of a schedule with cumulative products ᾱ defines a new
 K-step diffusion whose ᾱ'_k equals ᾱ_{s_k}: its betas are β'_k = 1 − ᾱ_{s_k} / ᾱ_{s_{k−1}}. Every
@@ -91,26 +91,19 @@ def timestep_subsequence(num_timesteps: int, steps: int, spacing: str = "uniform
     raise ConfigError(f"unknown spacing {spacing!r}; choose one of {', '.join(SPACINGS)}")
 
 
-class TimestepMap:
-    """Calls ``model`` with original-schedule timesteps: index k of the respaced chain → s_k."""
-
-    def __init__(self, model, timestep_map: np.ndarray):
-        self.model = model
-        self.timestep_map = np.asarray(timestep_map, dtype=np.int64)
-        self._maps: dict[torch.device, torch.Tensor] = {}
-
-    def __call__(self, x: torch.Tensor, t: torch.Tensor, **model_kwargs) -> torch.Tensor:
-        table = self._maps.get(t.device)
-        if table is None:
-            table = self._maps[t.device] = torch.from_numpy(self.timestep_map).to(t.device)
-        return self.model(x, table[t], **model_kwargs)
+def chain_length(num_timesteps: int, steps: int | None, spacing: str = "uniform") -> int:
+    """How many steps a chain of ``steps`` (None: all T) with ``spacing`` really has (quadratic may
+    merge duplicates)."""
+    if steps is None:
+        return int(num_timesteps)
+    return len(timestep_subsequence(num_timesteps, steps, spacing))
 
 
 class SpacedDiffusion(GaussianDiffusion):
     """A :class:`GaussianDiffusion` over the kept steps ``use_timesteps`` of the schedule ``betas``.
 
-    Indices 0..K−1 of this object are positions in the kept subsequence; every model evaluation goes
-    through a :class:`TimestepMap`, so the network receives the original indices.
+    Indices 0..K−1 of this object are positions in the kept subsequence; every model evaluation maps
+    them back (:meth:`model_output`), so the network receives the original indices.
     ``timestep_map[k]`` is the original index of step k. With all T steps kept it is the base
     diffusion (same tables up to float rounding).
     """
@@ -140,12 +133,6 @@ class SpacedDiffusion(GaussianDiffusion):
         """Respace an existing diffusion, keeping its mean, variance and loss types."""
         return cls(use_timesteps, diffusion.betas, diffusion.mean_type, diffusion.var_type,
                    diffusion.loss_type)
-
-    def wrap_model(self, model):
-        """``model`` taking original timesteps → a callable taking this chain's indices."""
-        if isinstance(model, TimestepMap) and np.array_equal(model.timestep_map, self.timestep_map):
-            return model
-        return TimestepMap(model, self.timestep_map)
 
     def original_timesteps(self, t: torch.Tensor) -> torch.Tensor:
         """Original-schedule indices of this chain's indices ``t`` (the map is cached per device)."""
