@@ -22,7 +22,7 @@ import torch
 from ddpm.errors import UserError
 from ddpm.images import make_grid, save_image, to_uint8
 from ddpm.sampling.api import generate
-from ddpm.train.checkpoint import load_checkpoint
+from ddpm.checkpoint import load_checkpoint
 
 ckpt_path, out = sys.argv[1], sys.argv[2]
 per_row = int(os.environ.get("PER_ROW", 8))

@@ -20,7 +20,7 @@ readme=$(mktemp)
 cp src/ddpm/assets/digits/README.md "$readme" 2>/dev/null || true
 "$PY" - "$step_dir" <<'PY'
 import sys, torch
-from ddpm.train.checkpoint import export_weights
+from ddpm.checkpoint import export_weights
 print(export_weights(sys.argv[1], "src/ddpm/assets/digits", dtype=torch.float16))
 PY
 [ -s "$readme" ] && cp "$readme" src/ddpm/assets/digits/README.md

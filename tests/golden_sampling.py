@@ -17,7 +17,7 @@ T = 20
 
 
 def _net(num_classes=None, out_channels=1, seed=0):
-    from ddpm.config import UNetConfig
+    from ddpm.models.unet import UNetConfig
     from ddpm.models.unet import UNet
 
     torch.manual_seed(seed)

@@ -10,8 +10,8 @@ from ddpm.config import Config
 from ddpm.errors import CheckpointError
 from ddpm.models.unet import UNet
 from ddpm.presets import get_preset
-from ddpm.train import checkpoint as ckpt
-from ddpm.train.checkpoint import load_checkpoint, save_checkpoint
+from ddpm import checkpoint as ckpt
+from ddpm.checkpoint import load_checkpoint, save_checkpoint
 
 
 def make_ckpt(directory, step=5, seed=0, conditional=False, ema=True, model=True, dtype=None):

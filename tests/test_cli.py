@@ -11,7 +11,7 @@ from PIL import Image
 
 from ddpm.cli import main
 from ddpm.presets import get_preset
-from ddpm.train import checkpoint as ckpt
+from ddpm import checkpoint as ckpt
 
 
 def call(argv, capsys):
@@ -143,8 +143,8 @@ MISUSE = {
                           "--run-dir", "{tmp}/a"],
     "empty data folder": ["train", "--preset", "digits-tiny", "--data-source", "folder", "--data", "{tmp}/empty",
                           "--run-dir", "{tmp}/a"],
-    "image size not fitting the model": ["train", "--preset", "digits-tiny", "--set", "data.resolution=32",
-                                         "--run-dir", "{tmp}/a"],
+    "derived network field": ["train", "--preset", "digits-tiny", "--set", "model.resolution=32",
+                              "--run-dir", "{tmp}/a"],
     "conditional model without labels": ["train", "--preset", "digits-tiny", "--set", "model.num_classes=10",
                                          "--run-dir", "{tmp}/a"],
     "no GPU": ["train", "--preset", "digits-tiny", "--device", "cuda", "--run-dir", "{tmp}/a"],

@@ -18,7 +18,7 @@ from ddpm.models.convert_diffusers import (
     to_diffusers_state_dict,
     unet_config_from_diffusers,
 )
-from ddpm.models.presets import get_unet_config
+from ddpm.presets import get_network
 from ddpm.models.unet import UNet, count_parameters
 
 # The UNet2DModel configs published with the paper's weights (google/ddpm-cifar10-32 and the
@@ -49,9 +49,9 @@ REDUCED_256 = {**HUB_256, "sample_size": 32, "block_out_channels": [32, 32, 64, 
 
 def test_hub_configs_are_the_paper_networks():
     cifar = unet_config_from_diffusers(HUB_CIFAR10)
-    assert cifar == get_unet_config("cifar10", dropout=0.0)
+    assert cifar == get_network("cifar10", dropout=0.0)
     big = unet_config_from_diffusers(HUB_256)
-    assert big == get_unet_config("celebahq256")
+    assert big == get_network("celebahq256")
     with torch.device("meta"):
         assert count_parameters(UNet(cifar)) == 35_746_307
         assert count_parameters(UNet(big)) == 113_673_219
@@ -59,13 +59,13 @@ def test_hub_configs_are_the_paper_networks():
 
 def test_kwargs_round_trip_for_every_preset():
     for name in ("cifar10", "celebahq256", "tiny", "small", "digits"):
-        cfg = get_unet_config(name)
+        cfg = get_network(name)
         assert unet_config_from_diffusers(diffusers_kwargs_for(cfg)) == cfg, name
-    cond = get_unet_config("tiny", num_classes=10)
+    cond = get_network("tiny", num_classes=10)
     assert diffusers_kwargs_for(cond)["num_class_embeds"] == 11
     assert unet_config_from_diffusers(diffusers_kwargs_for(cond)) == cond
     with pytest.raises(ConfigError, match="ch_mult"):
-        diffusers_kwargs_for(get_unet_config("tiny", ch_mult=(2, 2)))
+        diffusers_kwargs_for(get_network("tiny", ch_mult=(2, 2)))
 
 
 @pytest.mark.parametrize("change, match", [
@@ -106,7 +106,7 @@ def _random(model: UNet, seed: int = 0) -> UNet:
 
 
 def test_state_dict_round_trip_and_legacy_names():
-    cfg = get_unet_config("tiny", num_classes=3)
+    cfg = get_network("tiny", num_classes=3)
     src = _random(UNet(cfg))
     theirs = to_diffusers_state_dict(src)
     assert "up_blocks.0.attentions.1.to_out.0.weight" in theirs  # our up[1] is their first up block
@@ -121,12 +121,12 @@ def test_state_dict_round_trip_and_legacy_names():
     with pytest.raises(CheckpointError, match="1 missing"):
         convert_diffusers_state_dict({k: v for k, v in theirs.items() if not k.startswith("conv_out.w")}, cfg)
     with pytest.raises(CheckpointError, match="shape"):
-        convert_diffusers_state_dict(theirs, get_unet_config("tiny", num_classes=3, out_channels=3))
+        convert_diffusers_state_dict(theirs, get_network("tiny", num_classes=3, out_channels=3))
 
 
 @pytest.mark.parametrize("layout", ["pipeline", "flat-bin"])
 def test_folder_layouts_without_diffusers(tmp_path, layout):
-    cfg = get_unet_config("tiny")
+    cfg = get_network("tiny")
     src = _random(UNet(cfg))
     diffusion = DiffusionConfig(var_type="fixedlarge")
     if layout == "pipeline":
@@ -201,7 +201,7 @@ def test_class_conditional_matches_diffusers():
 
 def test_saved_folder_loads_in_diffusers(tmp_path):
     diffusers = pytest.importorskip("diffusers")
-    cfg = dataclasses.replace(get_unet_config("tiny"), out_channels=3)
+    cfg = dataclasses.replace(get_network("tiny"), out_channels=3)
     src = _random(UNet(cfg))
     save_diffusers_folder(src, DiffusionConfig(), tmp_path)
     theirs = diffusers.UNet2DModel.from_pretrained(tmp_path / "unet").eval()
@@ -214,22 +214,23 @@ def test_saved_folder_loads_in_diffusers(tmp_path):
 
 def test_cli_diffusers_import_and_export(tmp_path, capsys):
     from ddpm.cli import main
-    from ddpm.train.checkpoint import load_checkpoint
+    from ddpm.checkpoint import load_checkpoint
 
-    cfg = get_unet_config("tiny")
+    cfg = get_network("tiny")  # 6 output channels: a learned variance
     src = _random(UNet(cfg))
-    save_diffusers_folder(src, DiffusionConfig(var_type="fixedsmall"), tmp_path / "hub")
+    learned = DiffusionConfig(var_type="learned_range", loss_type="hybrid")
+    save_diffusers_folder(src, learned, tmp_path / "hub")
     # load_checkpoint reads a diffusers folder directly ...
     direct = load_checkpoint(tmp_path / "hub")
-    assert direct.config.model == cfg and direct.config.diffusion.var_type == "fixedsmall"
+    assert direct.config.model == cfg and direct.config.diffusion.var_type == "learned_range"
     # ... and `ddpm convert diffusers` turns it into a ddpm checkpoint.
     assert main(["convert", "diffusers", str(tmp_path / "hub"), str(tmp_path / "ckpt")]) == 0
     assert "703,366 parameters" in capsys.readouterr().out
     ckpt = load_checkpoint(tmp_path / "ckpt")
-    assert ckpt.weights == "ema" and ckpt.config.diffusion == DiffusionConfig(var_type="fixedsmall")
+    assert ckpt.weights == "ema" and ckpt.config.diffusion == learned
     x, t = torch.randn(1, 3, 16, 16), torch.tensor([42])
     with torch.no_grad():
         assert torch.equal(ckpt.model(x, t), src(x, t))
     assert main(["convert", "to-diffusers", str(tmp_path / "ckpt"), str(tmp_path / "back")]) == 0
     model, dcfg = load_diffusers_folder(tmp_path / "back")
-    assert dcfg.var_type == "fixedsmall" and torch.equal(model.conv_out.weight, src.conv_out.weight)
+    assert dcfg.var_type == "learned_range" and torch.equal(model.conv_out.weight, src.conv_out.weight)

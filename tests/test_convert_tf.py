@@ -16,7 +16,7 @@ from ddpm.models.convert_tf import (
     load_tf_unet,
     read_tf_checkpoint,
 )
-from ddpm.models.presets import get_unet_config
+from ddpm.presets import get_network
 from ddpm.models.unet import UNet
 
 
@@ -33,7 +33,7 @@ def read_param_list(path):
 
 def test_fixture_parity_float32(fixtures):
     data = dict(np.load(fixtures / "official_unet_tiny.npz"))
-    cfg = get_unet_config("tiny")
+    cfg = get_network("tiny")
     model = UNet(cfg).eval()
     model.load_state_dict(convert_tf_state_dict(data, cfg))
     with torch.no_grad():
@@ -44,14 +44,14 @@ def test_fixture_parity_float32(fixtures):
 
 def test_fixture_architecture_is_inferred(fixtures):
     data = dict(np.load(fixtures / "official_unet_tiny.npz"))
-    assert infer_unet_config(data, resolution=16) == get_unet_config("tiny")
+    assert infer_unet_config(data, resolution=16) == get_network("tiny")
 
 
 def test_cifar10_names_map_exactly(fixtures):
     rows = read_param_list(fixtures / "official_unet_cifar10_params.txt")
     assert len(rows) == 328
     arrays = {name: np.full(shape, i, np.float32) for i, (name, shape) in enumerate(rows)}
-    cfg = get_unet_config("cifar10")
+    cfg = get_network("cifar10")
     sd = convert_tf_state_dict(arrays, cfg)
     assert len(sd) == 328 and sum(v.numel() for v in sd.values()) == 35_746_307
     with torch.device("meta"):
@@ -66,7 +66,7 @@ def test_cifar10_names_map_exactly(fixtures):
 
 
 def test_layouts_on_a_hand_made_variable():
-    cfg = get_unet_config("tiny")
+    cfg = get_network("tiny")
     arrays = export_tf_arrays(UNet(cfg))
     kernel = np.arange(3 * 3 * 3 * 32, dtype=np.float32).reshape(3, 3, 3, 32)  # HWIO
     arrays["model/conv_in/W"] = kernel
@@ -83,7 +83,7 @@ def test_layouts_on_a_hand_made_variable():
 
 def test_export_round_trip_is_exact():
     torch.manual_seed(0)
-    src = UNet(get_unet_config("tiny", num_res_blocks=2))
+    src = UNet(get_network("tiny", num_res_blocks=2))
     arrays = export_tf_arrays(src)
     dst = UNet(src.config)
     dst.load_state_dict(convert_tf_state_dict(arrays, src.config))
@@ -105,7 +105,7 @@ def _checkpoint_like(cfg):
 
 
 def test_ema_is_the_default_and_raw_is_selectable():
-    cfg = get_unet_config("tiny")
+    cfg = get_network("tiny")
     raw, arrays = _checkpoint_like(cfg)
     ema_sd = convert_tf_state_dict(arrays, cfg)
     raw_sd = convert_tf_state_dict(arrays, cfg, ema=False)
@@ -116,7 +116,7 @@ def test_ema_is_the_default_and_raw_is_selectable():
 
 
 def test_mismatches_are_checkpoint_errors():
-    cfg = get_unet_config("tiny")
+    cfg = get_network("tiny")
     raw = export_tf_arrays(UNet(cfg))
     missing = {k: v for k, v in raw.items() if k != "model/mid/attn_1/q/W"}
     with pytest.raises(CheckpointError, match="1 missing.*mid/attn_1/q/W"):
@@ -125,12 +125,12 @@ def test_mismatches_are_checkpoint_errors():
     with pytest.raises(CheckpointError, match="unexpected.*attn_9"):
         convert_tf_state_dict(extra, cfg)
     with pytest.raises(CheckpointError, match="wrongly shaped"):
-        convert_tf_state_dict(raw, get_unet_config("tiny", out_channels=3))
+        convert_tf_state_dict(raw, get_network("tiny", out_channels=3))
 
 
 def test_npz_file_loading_and_missing_tensorflow(tmp_path, monkeypatch):
     torch.manual_seed(1)
-    src = UNet(get_unet_config("tiny")).eval()
+    src = UNet(get_network("tiny")).eval()
     path = tmp_path / "vars.npz"
     np.savez(path, **export_tf_arrays(src))
     model = load_tf_unet(path, resolution=16)
@@ -145,14 +145,14 @@ def test_npz_file_loading_and_missing_tensorflow(tmp_path, monkeypatch):
 
 def test_cli_converts_fixture_to_a_checkpoint(fixtures, tmp_path, capsys):
     from ddpm.cli import main
-    from ddpm.train.checkpoint import load_checkpoint
+    from ddpm.checkpoint import load_checkpoint
 
     data = dict(np.load(fixtures / "official_unet_tiny.npz"))
     out = tmp_path / "ckpt"
     assert main(["convert", "tf", str(fixtures / "official_unet_tiny.npz"), str(out), "--resolution", "16"]) == 0
     assert "703,366 parameters, raw weights" in capsys.readouterr().out
     ckpt = load_checkpoint(out, use_ema=False)
-    assert ckpt.config.model == get_unet_config("tiny") and ckpt.config.diffusion.var_type == "fixedlarge"
+    assert ckpt.config.model == get_network("tiny") and ckpt.config.diffusion.var_type == "learned"  # 6 outputs: the learned variance
     with torch.no_grad():
         got = ckpt.model(torch.from_numpy(data["x"]), torch.from_numpy(data["t"]).long())
     assert (got - torch.from_numpy(data["out"])).abs().max() <= 1e-5
@@ -165,9 +165,9 @@ def test_cli_converts_fixture_to_a_checkpoint(fixtures, tmp_path, capsys):
 
 def test_cli_stores_ema_weights_and_step(tmp_path):
     from ddpm.cli import main
-    from ddpm.train.checkpoint import load_checkpoint
+    from ddpm.checkpoint import load_checkpoint
 
-    cfg = get_unet_config("tiny")
+    cfg = get_network("tiny", out_channels=3)  # fixed variance: image channels out
     _, arrays = _checkpoint_like(cfg)
     np.savez(tmp_path / "vars.npz", **arrays)
     assert main(["convert", "tf", str(tmp_path / "vars.npz"), str(tmp_path / "ema"), "--resolution", "16",

@@ -10,12 +10,12 @@ import torch.multiprocessing as mp
 from ddpm.config import apply_overrides
 from ddpm.data import ImageDataset
 from ddpm.presets import get_preset
-from ddpm.train import checkpoint as ckpt
-from ddpm.train import distributed
+from ddpm import checkpoint as ckpt
+from ddpm import distributed
 from ddpm.train.trainer import Trainer
 
 OVERRIDES = ["train.batch_size=4", "train.log_every=1", "train.random_flip=true", "model.dropout=0.0",
-             "model.num_classes=10", "data.class_labels=true", "train.class_dropout=0.25"]
+             "data.class_labels=true", "train.class_dropout=0.25"]
 
 
 def dataset():

@@ -18,7 +18,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from ddpm import accel
-from ddpm.config import DiffusionConfig, UNetConfig
+from ddpm.config import DiffusionConfig
+from ddpm.models.unet import UNetConfig
 from ddpm.errors import ConfigError
 from ddpm.models.unet import AttnBlock, UNet, init_layer
 from ddpm.train.ema import EMA

@@ -3,7 +3,8 @@
 import pytest
 import torch
 
-from ddpm.config import DiffusionConfig, UNetConfig
+from ddpm.config import DiffusionConfig
+from ddpm.models.unet import UNetConfig
 from ddpm.errors import ConfigError
 from ddpm.models.unet import UNet
 from ddpm.sampling.api import PerImageNoise, generate, image_generator

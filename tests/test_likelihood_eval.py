@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from ddpm.config import Config, DataConfig, DiffusionConfig, UNetConfig
+from ddpm.config import Config, DataConfig, DiffusionConfig
+from ddpm.models.unet import UNetConfig
 from ddpm.errors import UserError
 from ddpm.evaluate.likelihood import evaluate_bpd
 from ddpm.models.unet import UNet
@@ -21,7 +22,7 @@ def tiny(T=6):
 
 
 def save_tiny_checkpoint(path, T=6):
-    from ddpm.train.checkpoint import save_checkpoint
+    from ddpm.checkpoint import save_checkpoint
 
     model, _ = tiny(T)
     cfg = Config(model=TINY, diffusion=DiffusionConfig(num_timesteps=T, beta_start=1e-2, beta_end=0.5),

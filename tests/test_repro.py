@@ -70,9 +70,9 @@ def test_fig8_cli_and_errors(out, capsys):
 
 
 def test_table2_variants_configure_the_six_objectives():
-    from ddpm.repro import _smoke_config
+    from ddpm.presets import get_preset
 
-    base = _smoke_config()
+    base = get_preset("repro-smoke")
     seen = set()
     for name in VARIANTS:
         c = variant_config(base, name)

@@ -10,13 +10,13 @@ import torch
 
 from ddpm.config import apply_overrides
 from ddpm.presets import get_preset
-from ddpm.train import checkpoint as ckpt
+from ddpm import checkpoint as ckpt
 from ddpm.train.metrics import read_metrics
 from ddpm.train.trainer import Trainer
 
 # Class-conditional with label drop-out, dropout and flips: every random stream is exercised.
 OVERRIDES = ["train.batch_size=4", "train.ckpt_every=2", "train.log_every=1", "model.dropout=0.1",
-             "model.num_classes=10", "data.class_labels=true", "train.class_dropout=0.3"]
+             "data.class_labels=true", "train.class_dropout=0.3"]
 
 
 def config():

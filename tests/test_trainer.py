@@ -140,7 +140,7 @@ def test_data_order_is_an_epoch_permutation(tmp_path):
 
 
 def test_class_labels_and_label_dropout(tmp_path):
-    cfg = tiny_config("model.num_classes=10", "data.class_labels=true", "train.class_dropout=0.5",
+    cfg = tiny_config("data.class_labels=true", "train.class_dropout=0.5",
                       "train.batch_size=12")
     ds = tiny_dataset(n=12, labels=True)
     tr = Trainer(cfg, tmp_path / "run", dataset=ds, progress=False, tensorboard=False)
@@ -182,7 +182,7 @@ def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path, monkeypa
     monkeypatch.setattr(tr.diffusion, "training_losses", poisoned)
     with pytest.raises(NonFiniteError, match="step 3"):
         tr.train(steps=6)
-    from ddpm.train.checkpoint import latest_checkpoint, load_checkpoint
+    from ddpm.checkpoint import latest_checkpoint, load_checkpoint
 
     assert latest_checkpoint(tmp_path / "run").name == "step_0000002"
     loaded = load_checkpoint(tmp_path / "run")

@@ -6,9 +6,9 @@ import math
 import pytest
 import torch
 
-from ddpm.config import UNetConfig
+from ddpm.models.unet import UNetConfig
 from ddpm.errors import ConfigError
-from ddpm.models.presets import UNET_PRESETS, get_unet_config
+from ddpm.presets import get_network
 from ddpm.models.unet import Downsample, UNet, count_parameters, tf_same_pad, timestep_embedding
 
 
@@ -24,12 +24,12 @@ def meta_count(cfg: UNetConfig) -> int:
         ("cifar10", {"out_channels": 6}, 35_749_766),
         ("celebahq256", {}, 113_673_219),
         ("lsun256", {}, 113_673_219),
-        ("lsun256-large", {}, 255_677_955),
+        ("lsun-bedroom-large", {}, 255_677_955),
         ("tiny", {}, 703_366),  # official_unet_tiny_params.txt
     ],
 )
 def test_paper_parameter_counts(name, overrides, expected):
-    assert meta_count(get_unet_config(name, **overrides)) == expected
+    assert meta_count(get_network(name, **overrides)) == expected
 
 
 def test_cifar10_breakdown_matches_spec():
@@ -53,9 +53,9 @@ def test_cifar10_breakdown_matches_spec():
 
 
 def test_small_presets_are_cpu_sized():
-    assert 1_000_000 <= meta_count(UNET_PRESETS["small"]) <= 4_000_000
-    assert 1_000_000 <= meta_count(UNET_PRESETS["digits"]) <= 3_000_000
-    assert UNET_PRESETS["digits"].in_channels == 1 and UNET_PRESETS["digits"].resolution == 28
+    assert 1_000_000 <= meta_count(get_network("small")) <= 4_000_000
+    assert 1_000_000 <= meta_count(get_network("digits")) <= 3_000_000
+    assert get_network("digits").in_channels == 1 and get_network("digits").resolution == 28
 
 
 def test_unknown_preset_lists_names():
@@ -66,7 +66,7 @@ def test_unknown_preset_lists_names():
 
 
 def test_bad_width_is_config_error():
-    with pytest.raises(ConfigError, match="multiple of 32"):
+    with pytest.raises(ConfigError, match="multiple of model.norm_groups=32"):
         UNet(UNetConfig(ch=48, ch_mult=(1,), resolution=8))
 
 
@@ -191,7 +191,7 @@ def test_odd_resolution_round_trip():
         out = m(torch.randn(2, 1, 28, 28), torch.tensor([0, 999]))
     assert out.shape == (2, 1, 28, 28) and torch.isfinite(out).all()
     # 28 -> 14 -> 7 -> 4 and back, through an extra level with attention at 7.
-    cfg = dataclasses.replace(UNET_PRESETS["digits"], ch_mult=(1, 1, 1, 1), attn_resolutions=(7, 4))
+    cfg = dataclasses.replace(get_network("digits"), ch_mult=(1, 1, 1, 1), attn_resolutions=(7, 4))
     deeper = UNet(cfg).eval()
     assert len(deeper.down[2].attn) == 1 and len(deeper.down[3].attn) == 1
     with torch.no_grad():

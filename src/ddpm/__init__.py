@@ -17,7 +17,7 @@ _EXPORTS = {
     "discretized_gaussian_log_likelihood": "ddpm.likelihoods",
     "UNet": "ddpm.models.unet",
     "Config": "ddpm.config",
-    "UNetConfig": "ddpm.config",
+    "UNetConfig": "ddpm.models.unet",
     "DiffusionConfig": "ddpm.config",
     "TrainConfig": "ddpm.config",
     "DataConfig": "ddpm.config",
@@ -26,7 +26,7 @@ _EXPORTS = {
     "interpolate": "ddpm.sampling.ancestral",
     "generate": "ddpm.sampling.api",
     "Trainer": "ddpm.train.trainer",
-    "load_checkpoint": "ddpm.train.checkpoint",
+    "load_checkpoint": "ddpm.checkpoint",
 }
 
 __all__ = sorted(_EXPORTS) + ["__version__"]

@@ -1,7 +1,10 @@
 """Dataclass configs. The whole :class:`Config` is saved inside every checkpoint as JSON, so sampling
 and evaluation never need the training flags repeated.
 
-Defaults are the paper's CIFAR-10 setting (spec §5.1, §6); named presets live in :mod:`ddpm.presets`.
+Defaults are the paper's CIFAR-10 setting (Ho et al. 2020, §4 and App. B); named presets live in
+:mod:`ddpm.presets`. The network's config is the dataclass of its architecture (``model.arch``, see
+:mod:`ddpm.models.registry`); its image shape, class count and output channels are derived from the data
+and the diffusion when a :class:`Config` is built, so they are never set twice.
 """
 
 from __future__ import annotations
@@ -13,31 +16,9 @@ from typing import Any
 
 from ddpm.errors import ConfigError
 
+LEARNED_VARIANCES = ("learned", "learned_range")
 PRECISIONS = ("fp32", "bf16")  # what the network runs in
 PRECISION_CHOICES = ("auto", *PRECISIONS)  # what users may ask for: auto picks per device
-
-
-@dataclass
-class UNetConfig:
-    """The authors' U-Net (``diffusion_tf/models/unet.py::model``) plus optional class conditioning."""
-
-    in_channels: int = 3
-    out_channels: int = 3  # 2 * in_channels for learned variances
-    ch: int = 128
-    ch_mult: tuple[int, ...] = (1, 2, 2, 2)
-    num_res_blocks: int = 2
-    attn_resolutions: tuple[int, ...] = (16,)
-    dropout: float = 0.1
-    resolution: int = 32
-    resamp_with_conv: bool = True
-    # Class conditioning (beyond the paper): a label embedding added to the time embedding.
-    # Label index ``num_classes`` is the null label used for unconditional / guided sampling.
-    num_classes: int | None = None
-
-    @property
-    def image_shape(self) -> tuple[int, int, int]:
-        """(C, H, W) of the images the network denoises."""
-        return (self.in_channels, self.resolution, self.resolution)
 
 
 @dataclass
@@ -68,7 +49,7 @@ class DiffusionConfig:
 
 @dataclass
 class TrainConfig:
-    """Optimisation recipe (spec §6.1). Defaults: the paper's CIFAR-10 run."""
+    """Optimisation recipe (Ho et al. 2020, App. B). Defaults: the paper's CIFAR-10 run."""
 
     lr: float = 2e-4
     adam_eps: float = 1e-8
@@ -130,12 +111,33 @@ class SamplerConfig:
 class Config:
     """Everything needed to rebuild a run: network, diffusion, training recipe, data and sampler."""
 
-    model: UNetConfig = field(default_factory=UNetConfig)
+    model: Any = field(default_factory=lambda: _registry().default_model_config())
     diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     data: DataConfig = field(default_factory=DataConfig)
     sampling: SamplerConfig = field(default_factory=SamplerConfig)
     preset: str | None = None
+
+    def __post_init__(self):
+        # The network follows the data and the diffusion: image shape and labels from ``data``, doubled
+        # output channels from a learned variance. Derived here so they are never set twice.
+        self.model = self.model.with_data(channels=self.data.channels, resolution=self.data.resolution,
+                                          num_classes=data_num_classes(self.data, self.model),
+                                          learn_sigma=self.diffusion.var_type in LEARNED_VARIANCES)
+
+    @classmethod
+    def for_network(cls, model, diffusion: DiffusionConfig | None = None, **kw) -> "Config":
+        """A Config around an existing network config (e.g. imported weights): data of its shape."""
+        c, h, _ = model.image_shape
+        source = "cifar10" if (c, h) == (3, 32) else "folder"
+        data = DataConfig(source=source, resolution=h, channels=c, class_labels=model.num_classes is not None)
+        cfg = cls(model=model, diffusion=diffusion or DiffusionConfig(), data=data, **kw)
+        if cfg.model != model:  # e.g. a learned-variance network paired with a fixed-variance schedule
+            diff = [f.name for f in dataclasses.fields(model) if getattr(model, f.name) != getattr(cfg.model, f.name)]
+            raise ConfigError(f"the network does not fit its diffusion settings ({', '.join(diff)}: "
+                              f"{[getattr(model, k) for k in diff]} vs {[getattr(cfg.model, k) for k in diff]}); "
+                              f"check var_type={cfg.diffusion.var_type!r}")
+        return cfg
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -146,7 +148,7 @@ class Config:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "Config":
         return cls(
-            model=_from_dict(UNetConfig, d.get("model", {})),
+            model=_registry().model_config_from_dict(d.get("model", {})),
             diffusion=_from_dict(DiffusionConfig, d.get("diffusion", {})),
             train=_from_dict(TrainConfig, d.get("train", {})),
             data=_from_dict(DataConfig, d.get("data", {})),
@@ -159,6 +161,38 @@ class Config:
         return cls.from_dict(json.loads(text))
 
 
+# Network fields that Config derives from data/diffusion, with the setting to change instead.
+DERIVED_MODEL_FIELDS = {"in_channels": "data.channels", "resolution": "data.resolution",
+                        "out_channels": "diffusion.var_type", "num_classes": "data.class_labels"}
+
+
+def _registry():
+    from ddpm.models import registry
+
+    return registry
+
+
+def data_num_classes(data: DataConfig, model=None) -> int | None:
+    """How many classes a model trained on ``data`` distinguishes: None without labels, the source's
+    count for built-in data sets, and the model's own setting for folders (their sub-folders)."""
+    if not data.class_labels:
+        return None
+    from ddpm.data.load import source_num_classes
+
+    known = source_num_classes(data.source)
+    return known if known is not None else getattr(model, "num_classes", None)
+
+
+def __getattr__(name: str):
+    # The U-Net's config lives with the network since the model factory (ddpm.models.unet); this alias
+    # keeps ``from ddpm.config import UNetConfig`` working for one release.
+    if name == "UNetConfig":
+        from ddpm.models.unet import UNetConfig
+
+        return UNetConfig
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 def _from_dict(kind, d: dict[str, Any]):
     """Build dataclass ``kind`` from a JSON dict: lists become tuples, unknown keys are an error."""
     names = {f.name: f for f in dataclasses.fields(kind)}
@@ -168,10 +202,16 @@ def _from_dict(kind, d: dict[str, Any]):
     return kind(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items()})
 
 
+SECTIONS = ("model", "diffusion", "train", "data", "sampling")
+
+
 def apply_overrides(cfg: Config, overrides: list[str]) -> Config:
-    """Apply ``section.field=value`` strings (e.g. ``train.lr=1e-4``, ``model.ch_mult=1,2,2``).
+    """Apply ``section.field=value`` strings (e.g. ``train.lr=1e-4``, ``model.ch_mult=1,2,2``,
+    ``sampling.options.eta=0.5``).
 
     Values are parsed as JSON where possible; comma lists become tuples. Returns a new Config.
+    Derived network fields (image shape, classes, output channels) are refused with the setting to
+    change instead; ``model.arch`` switches the network (its other fields then start from defaults).
     """
     d = cfg.to_dict()
     for item in overrides:
@@ -179,8 +219,18 @@ def apply_overrides(cfg: Config, overrides: list[str]) -> Config:
             raise ConfigError(f"override {item!r} must look like section.field=value, e.g. train.lr=1e-4")
         key, raw = item.split("=", 1)
         section, name = key.split(".", 1)
-        if section not in ("model", "diffusion", "train", "data") or name not in d[section]:
-            raise ConfigError(f"unknown config key {key!r}; sections are model, diffusion, train, data")
+        if section == "sampling" and name.startswith("options."):
+            d["sampling"]["options"][name.split(".", 1)[1]] = _parse_value(raw)
+            continue
+        if section == "model" and name == "arch":
+            d["model"] = {"arch": _parse_value(raw)}
+            continue
+        if section not in SECTIONS or name not in d[section]:
+            raise ConfigError(f"unknown config key {key!r}; sections are {', '.join(SECTIONS)} "
+                              f"(see `ddpm info --preset NAME --json` for every key)")
+        if section == "model" and name in DERIVED_MODEL_FIELDS and not (
+                name == "num_classes" and cfg.data.source == "folder"):
+            raise ConfigError(f"{key} follows {DERIVED_MODEL_FIELDS[name]}; set that instead")
         d[section][name] = _parse_value(raw)
     return Config.from_dict(d)
 

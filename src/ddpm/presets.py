@@ -1,44 +1,44 @@
-"""Named experiment presets: the paper's recipes (spec §6.2) plus small CPU ones, in one place.
+"""Every named preset, in one place: the paper's recipes (Ho et al. 2020, App. B), improved DDPM's,
+small CPU recipes, the ``ddpm repro`` scales, and networks known by name only.
 
-Each entry is a function returning a fresh :class:`ddpm.config.Config`, so callers may mutate what
-they get. ``get_preset(name)`` is the public way in; ``PRESETS`` lists the names.
+``get_preset(name)`` returns a fresh :class:`ddpm.config.Config` (callers may mutate it);
+``get_network(name)`` returns a preset's network config, for ``UNet.from_preset``. ``PRESETS`` and
+``NETWORKS`` list the names. ``ddpm info --preset NAME`` describes any of them.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Callable
 
-from ddpm.config import Config, DataConfig, DiffusionConfig, TrainConfig, UNetConfig
+from ddpm.config import Config, DataConfig, DiffusionConfig, TrainConfig
 from ddpm.errors import ConfigError
+from ddpm.models.unet import UNetConfig
 
-# The 256x256 nets of the CelebA-HQ and LSUN scripts (spec §5.1): six levels, attention at 16.
-_UNET_256 = dict(ch=128, ch_mult=(1, 1, 2, 2, 4, 4), num_res_blocks=2, attn_resolutions=(16,),
-                 dropout=0.0, resolution=256)
+# The paper's CIFAR-10 network (run_cifar.py, "unet2d16b2"): 35,746,307 parameters.
+CIFAR10_UNET = UNetConfig(ch=128, ch_mult=(1, 2, 2, 2), num_res_blocks=2, attn_resolutions=(16,), dropout=0.1,
+                          resolution=32)
+# The 256x256 networks of the CelebA-HQ and LSUN scripts ("unet2d16b2c112244"): six levels, attention
+# at 16, no dropout; 113,673,219 parameters at ch 128.
+UNET_256 = UNetConfig(ch=128, ch_mult=(1, 1, 2, 2, 4, 4), num_res_blocks=2, attn_resolutions=(16,), dropout=0.0,
+                      resolution=256)
 
 
 def _cifar10() -> Config:
-    # The defaults of every dataclass are the paper's CIFAR-10 run (run_cifar.py, spec §6.2).
-    return Config(
-        model=UNetConfig(),
-        diffusion=DiffusionConfig(var_type="fixedlarge"),
-        train=TrainConfig(),
-        data=DataConfig(source="cifar10", resolution=32, channels=3),
-        preset="cifar10",
-    )
+    # The defaults of every dataclass are the paper's CIFAR-10 run (run_cifar.py).
+    return Config(model=dataclasses.replace(CIFAR10_UNET), diffusion=DiffusionConfig(var_type="fixedlarge"),
+                  train=TrainConfig(), data=DataConfig(source="cifar10", resolution=32, channels=3),
+                  preset="cifar10")
 
 
 def _large(name: str, *, steps: int, flip: bool, ch: int = 128) -> Callable[[], Config]:
     """A 256x256 recipe (run_celebahq.py / run_lsun.py): lr 2e-5, batch 64, no dropout, and
-    sampling with the posterior variance beta-tilde ("fixedsmall"), as the authors' 256 models did."""
+    sampling with the posterior variance β̃ ("fixedsmall"), as the authors' 256 models did."""
 
     def make() -> Config:
-        return Config(
-            model=UNetConfig(**{**_UNET_256, "ch": ch}),
-            diffusion=DiffusionConfig(var_type="fixedsmall"),
-            train=TrainConfig(lr=2e-5, batch_size=64, steps=steps, random_flip=flip),
-            data=DataConfig(source="folder", resolution=256, channels=3),
-            preset=name,
-        )
+        return Config(model=dataclasses.replace(UNET_256, ch=ch), diffusion=DiffusionConfig(var_type="fixedsmall"),
+                      train=TrainConfig(lr=2e-5, batch_size=64, steps=steps, random_flip=flip),
+                      data=DataConfig(source="folder", resolution=256, channels=3), preset=name)
 
     return make
 
@@ -51,8 +51,7 @@ def _digits() -> Config:
     EMA 0.995 (0.9999 averages over ~10k steps, far longer than the whole run), no dropout, no flips
     (a mirrored digit is not a digit), and cheap 50-step sample grids every 250 steps."""
     return Config(
-        model=UNetConfig(in_channels=1, out_channels=1, ch=32, ch_mult=(1, 2, 2), num_res_blocks=1,
-                         attn_resolutions=(7,), dropout=0.0, resolution=28, num_classes=10),
+        model=UNetConfig(ch=32, ch_mult=(1, 2, 2), num_res_blocks=1, attn_resolutions=(7,), dropout=0.0),
         diffusion=DiffusionConfig(),
         train=TrainConfig(lr=1e-3, warmup=100, batch_size=32, ema_decay=0.995, steps=4000,
                           random_flip=False, class_dropout=0.1, log_every=10, sample_every=250,
@@ -65,8 +64,7 @@ def _digits() -> Config:
 def _digits_tiny() -> Config:
     """A one-level net (~0.2M parameters) and T=100 so that tests train and sample in seconds."""
     return Config(
-        model=UNetConfig(in_channels=1, out_channels=1, ch=32, ch_mult=(1,), num_res_blocks=1,
-                         attn_resolutions=(), dropout=0.0, resolution=28),
+        model=UNetConfig(ch=32, ch_mult=(1,), num_res_blocks=1, attn_resolutions=(), dropout=0.0),
         diffusion=DiffusionConfig(num_timesteps=100, beta_end=0.2),
         train=TrainConfig(lr=1e-3, warmup=2, batch_size=8, ema_decay=0.9, steps=20, random_flip=True,
                           log_every=1, sample_every=0, ckpt_every=10, keep_checkpoints=2,
@@ -76,13 +74,38 @@ def _digits_tiny() -> Config:
     )
 
 
+def _repro_tiny() -> Config:
+    """``ddpm repro --scale tiny``: digits at 16×16, ch 32 ×(1, 2), T = 100 with the linear schedule
+    scaled by 1000/T; a few minutes per model on a laptop CPU."""
+    return Config(
+        model=UNetConfig(ch=32, ch_mult=(1, 2), num_res_blocks=1, attn_resolutions=(8,), dropout=0.0),
+        diffusion=DiffusionConfig(num_timesteps=100, beta_start=1e-3, beta_end=0.2),
+        train=TrainConfig(lr=1e-3, warmup=50, batch_size=32, ema_decay=0.99, steps=300, random_flip=False,
+                          log_every=50, sample_every=0, ckpt_every=300, keep_checkpoints=1),
+        data=DataConfig(source="digits", resolution=16, channels=1),
+        preset="repro-tiny",
+    )
+
+
+def _repro_smoke() -> Config:
+    """``ddpm repro --scale smoke``: seconds, for tests of the pipeline only."""
+    return Config(
+        model=UNetConfig(ch=32, ch_mult=(1, 2), num_res_blocks=1, attn_resolutions=(), dropout=0.0),
+        diffusion=DiffusionConfig(num_timesteps=10, beta_start=1e-2, beta_end=0.5),
+        train=TrainConfig(lr=1e-3, warmup=1, batch_size=8, ema_decay=0.9, steps=3, random_flip=False,
+                          log_every=1, sample_every=0, ckpt_every=3, keep_checkpoints=1),
+        data=DataConfig(source="digits", resolution=8, channels=1),
+        preset="repro-smoke",
+    )
+
+
 def _improved_cifar10(name: str, *, loss_type: str, timestep_sampler: str) -> Callable[[], Config]:
-    """Improved DDPM's CIFAR-10 recipe (Nichol & Dhariwal 2021; spec §8.6): cosine schedule,
+    """Improved DDPM's CIFAR-10 recipe (Nichol & Dhariwal 2021, §2–3 and App. A): cosine schedule,
     T = 4000, learned_range variances, 128 channels, 3 res blocks, dropout 0.3, lr 1e-4, batch 128.
 
     ``hybrid`` is L_simple + 0.001·L_vlb (their main setting); ``kl`` with loss-second-moment
     timestep sampling is their L_vlb setting. Our U-Net is the DDPM one with attention at 16 and 8;
-    theirs adds scale-shift norm and 4-head attention (spec §8.6), so numbers will not match exactly.
+    theirs adds scale-shift norm and 4-head attention, so numbers will not match exactly.
     The network sees the raw index 0..3999 (improved DDPM feeds t·1000/T; both are just inputs to
     the sinusoidal embedding). Like their trainer: no warm-up, no gradient clipping, no flips, EMA
     0.9999, 500k steps (the step count is our reading of the paper, not checked against their logs).
@@ -91,7 +114,7 @@ def _improved_cifar10(name: str, *, loss_type: str, timestep_sampler: str) -> Ca
     def make() -> Config:
         return Config(
             model=UNetConfig(ch=128, ch_mult=(1, 2, 2, 2), num_res_blocks=3, attn_resolutions=(16, 8),
-                             dropout=0.3, resolution=32, out_channels=6),
+                             dropout=0.3),
             diffusion=DiffusionConfig(schedule="cosine", num_timesteps=4000, var_type="learned_range",
                                       loss_type=loss_type),
             train=TrainConfig(lr=1e-4, batch_size=128, warmup=0, grad_clip=0.0, random_flip=False,
@@ -107,19 +130,18 @@ def _cifar10_cond() -> Config:
     """The paper's CIFAR-10 recipe made class-conditional for classifier-free guidance (Ho &
     Salimans 2021): labels from the dataset, dropped to the null label with probability 0.1."""
     cfg = _cifar10()
-    cfg.model.num_classes = 10
-    cfg.data.class_labels = True
-    cfg.train.class_dropout = 0.1
-    cfg.preset = "cifar10-cond"
+    cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, class_labels=True),
+                              train=dataclasses.replace(cfg.train, class_dropout=0.1), preset="cifar10-cond")
     return cfg
 
 
 PRESETS: dict[str, Callable[[], Config]] = {
     "cifar10": _cifar10,
     "celebahq256": _large("celebahq256", steps=500_000, flip=True),
-    # [P] App. B: flips for every dataset except LSUN Bedroom (spec §6.2 note).
+    # App. B: flips for every dataset except LSUN Bedroom.
     "lsun-church": _large("lsun-church", steps=1_200_000, flip=True),
     "lsun-bedroom": _large("lsun-bedroom", steps=2_400_000, flip=False),
+    # The paper's larger LSUN Bedroom model: ch 192 is inferred from its count (255,677,955).
     "lsun-bedroom-large": _large("lsun-bedroom-large", steps=1_150_000, flip=False, ch=192),
     "lsun-cat": _large("lsun-cat", steps=1_800_000, flip=True),
     "digits": _digits,
@@ -128,6 +150,18 @@ PRESETS: dict[str, Callable[[], Config]] = {
     "improved-cifar10-kl": _improved_cifar10("improved-cifar10-kl", loss_type="kl",
                                              timestep_sampler="loss-second-moment"),
     "cifar10-cond": _cifar10_cond,
+    "repro-tiny": _repro_tiny,
+    "repro-smoke": _repro_smoke,
+}
+
+# Networks known by name without a training recipe.
+NETWORKS: dict[str, Callable[[], object]] = {
+    # The configuration of the authors'-code fixture official_unet_tiny.npz (703,366 parameters).
+    "tiny": lambda: UNetConfig(out_channels=6, ch=32, ch_mult=(1, 2), num_res_blocks=1, attn_resolutions=(8,),
+                               dropout=0.0, resolution=16),
+    # A 32x32 RGB net that trains on a laptop CPU: the CIFAR-10 topology at quarter width (2,245,763).
+    "small": lambda: dataclasses.replace(CIFAR10_UNET, ch=32),
+    "lsun256": lambda: dataclasses.replace(UNET_256),
 }
 
 
@@ -136,3 +170,22 @@ def get_preset(name: str) -> Config:
     if name not in PRESETS:
         raise ConfigError(f"unknown preset {name!r}; choose one of {', '.join(sorted(PRESETS))}")
     return PRESETS[name]()
+
+
+def get_network(name: str, **overrides):
+    """The network config of preset (or named network) ``name``, with field ``overrides`` applied."""
+    if name in NETWORKS:
+        cfg = NETWORKS[name]()
+    elif name in PRESETS:
+        cfg = PRESETS[name]().model
+    else:
+        choices = ", ".join(sorted({*PRESETS, *NETWORKS}))
+        raise ConfigError(f"unknown network preset {name!r}; choose one of {choices}")
+    fields = {f.name for f in dataclasses.fields(cfg)}
+    unknown = sorted(set(overrides) - fields)
+    if unknown:
+        raise ConfigError(f"unknown {type(cfg).__name__} field(s) {unknown}; known: {sorted(fields)}")
+    return dataclasses.replace(cfg, **overrides)
+
+
+__all__ = ["PRESETS", "NETWORKS", "get_preset", "get_network", "CIFAR10_UNET", "UNET_256"]

@@ -19,7 +19,8 @@ from typing import Callable
 
 import numpy as np
 
-from ddpm.config import Config, DataConfig, DiffusionConfig, TrainConfig, UNetConfig
+from ddpm.config import Config
+from ddpm.presets import get_preset
 from ddpm.errors import ConfigError, UserError
 
 # ------------------------------------------------------------------------- the paper's numbers (§7)
@@ -59,34 +60,7 @@ SCALES = ("tiny", "paper", "smoke")
 
 
 # ----------------------------------------------------------------------------------------- scales
-def _tiny_config() -> Config:
-    """Digits at 16×16, ch 32 ×(1, 2), T = 100 with the linear schedule scaled by 1000/T."""
-    return Config(
-        model=UNetConfig(in_channels=1, out_channels=1, ch=32, ch_mult=(1, 2), num_res_blocks=1,
-                         attn_resolutions=(8,), dropout=0.0, resolution=16),
-        diffusion=DiffusionConfig(num_timesteps=100, beta_start=1e-3, beta_end=0.2),
-        train=TrainConfig(lr=1e-3, warmup=50, batch_size=32, ema_decay=0.99, steps=300, random_flip=False,
-                          log_every=50, sample_every=0, ckpt_every=300, keep_checkpoints=1),
-        data=DataConfig(source="digits", resolution=16, channels=1),
-        preset="repro-tiny",
-    )
-
-
-def _smoke_config() -> Config:
-    return Config(
-        model=UNetConfig(in_channels=1, out_channels=1, ch=32, ch_mult=(1, 2), num_res_blocks=1,
-                         attn_resolutions=(), dropout=0.0, resolution=8),
-        diffusion=DiffusionConfig(num_timesteps=10, beta_start=1e-2, beta_end=0.5),
-        train=TrainConfig(lr=1e-3, warmup=1, batch_size=8, ema_decay=0.9, steps=3, random_flip=False,
-                          log_every=1, sample_every=0, ckpt_every=3, keep_checkpoints=1),
-        data=DataConfig(source="digits", resolution=8, channels=1),
-        preset="repro-smoke",
-    )
-
-
 def _paper_config(target: str) -> Config:
-    from ddpm.presets import get_preset
-
     return get_preset("celebahq256" if target in ("fig7", "fig8", "fig9") else "cifar10")
 
 
@@ -104,17 +78,15 @@ class Scale:
 
 SCALE_SETTINGS = {
     "paper": Scale("paper", _paper_config, nll_num=None, fid_num=50_000, ref_num=None, eval_batch=256, interp_t=500),
-    "tiny": Scale("tiny", lambda target: _tiny_config(), nll_num=64, fid_num=500, ref_num=500, eval_batch=64),
-    "smoke": Scale("smoke", lambda target: _smoke_config(), nll_num=6, fid_num=10, ref_num=10, eval_batch=4, chains=2),
+    "tiny": Scale("tiny", lambda target: get_preset("repro-tiny"), nll_num=64, fid_num=500, ref_num=500, eval_batch=64),
+    "smoke": Scale("smoke", lambda target: get_preset("repro-smoke"), nll_num=6, fid_num=10, ref_num=10, eval_batch=4, chains=2),
 }
 
 
 def variant_config(base: Config, variant: str) -> Config:
-    """``base`` with the objective of a Table 2 row (learned Σ doubles the output channels)."""
+    """``base`` with the objective of a Table 2 row (a learned Σ doubles the output channels)."""
     mean, var, loss = VARIANTS[variant]
-    c = base.model.in_channels
-    return replace(base, model=replace(base.model, out_channels=2 * c if var == "learned" else c),
-                   diffusion=replace(base.diffusion, mean_type=mean, var_type=var, loss_type=loss))
+    return replace(base, diffusion=replace(base.diffusion, mean_type=mean, var_type=var, loss_type=loss))
 
 
 # ----------------------------------------------------------------------------------------- runner
@@ -154,7 +126,7 @@ class Repro:
 
     def model(self, variant: str = "eps-mse"):
         """The trained model of ``variant`` (trained into OUT/runs/VARIANT unless --ckpt)."""
-        from ddpm.train.checkpoint import latest_checkpoint, load_checkpoint
+        from ddpm.checkpoint import latest_checkpoint, load_checkpoint
         from ddpm.evaluate.inputs import default_device
 
         device = default_device(self.device)

@@ -10,7 +10,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ddpm.config import Config, DataConfig, DiffusionConfig
+from dataclasses import replace
+
+from ddpm.config import Config, DiffusionConfig
 from ddpm.errors import CheckpointError
 
 
@@ -27,8 +29,9 @@ def add_parser(subparsers) -> None:
                                     "sets the network, the diffusion settings and the data resolution")
     q.add_argument("--resolution", type=int, help="image size, when no --preset is given (the architecture is "
                                                   "read off the variables)")
-    q.add_argument("--var-type", choices=("fixedlarge", "fixedsmall"),
-                   help="sampling variance (default: the preset's; fixedlarge without a preset)")
+    q.add_argument("--var-type", choices=("fixedlarge", "fixedsmall", "learned", "learned_range"),
+                   help="variance (default: the preset's; without a preset fixedlarge, or learned when the "
+                        "network outputs twice the image channels)")
     q.add_argument("--raw", action="store_true", help="take the raw variables instead of their EMA shadows")
     q.add_argument("--force", action="store_true", help="overwrite OUT if it exists")
     q.set_defaults(func=run_tf)
@@ -57,14 +60,9 @@ def _check_out(out: str, force: bool) -> Path:
     return path
 
 
-def _data_for(model_cfg) -> DataConfig:
-    source = "cifar10" if (model_cfg.resolution, model_cfg.in_channels) == (32, 3) else "folder"
-    return DataConfig(source=source, resolution=model_cfg.resolution, channels=model_cfg.in_channels)
-
-
 def run_tf(args: argparse.Namespace) -> int:
     from ddpm.models.convert_tf import convert_tf_state_dict, has_ema, infer_unet_config, read_tf_checkpoint
-    from ddpm.train.checkpoint import save_checkpoint
+    from ddpm.checkpoint import save_checkpoint
 
     out = _check_out(args.out, args.force)
     if args.preset is None and args.resolution is None:
@@ -78,9 +76,12 @@ def run_tf(args: argparse.Namespace) -> int:
         cfg = get_preset(args.preset)
     else:
         model_cfg = infer_unet_config(arrays, args.resolution, ema=use_ema)
-        cfg = Config(model=model_cfg, diffusion=DiffusionConfig(), data=_data_for(model_cfg))
-    if args.var_type:
-        cfg.diffusion.var_type = args.var_type
+        # Twice the image channels out: the authors' learned (log-)variance, trained with the bound.
+        learned = model_cfg.out_channels == 2 * model_cfg.in_channels
+        var_type = args.var_type or ("learned" if learned else "fixedlarge")
+        cfg = Config.for_network(model_cfg, DiffusionConfig(var_type=var_type, loss_type="kl" if learned else "mse"))
+    if args.var_type and args.preset is not None:
+        cfg = replace(cfg, diffusion=replace(cfg.diffusion, var_type=args.var_type))
     state = convert_tf_state_dict(arrays, cfg.model, ema=ema)
     step = int(arrays["global_step"]) if "global_step" in arrays else 0
     weights = {"ema_state": state} if use_ema else {"model_state": state}
@@ -93,13 +94,13 @@ def run_tf(args: argparse.Namespace) -> int:
 
 def run_diffusers(args: argparse.Namespace) -> int:
     from ddpm.models.convert_diffusers import load_diffusers_folder
-    from ddpm.train.checkpoint import save_checkpoint
+    from ddpm.checkpoint import save_checkpoint
 
     out = _check_out(args.out, args.force)
     model, diffusion = load_diffusers_folder(args.src)
     if args.var_type:
         diffusion.var_type = args.var_type
-    cfg = Config(model=model.config, diffusion=diffusion, data=_data_for(model.config))
+    cfg = Config.for_network(model.config, diffusion)
     # The published diffusers DDPM weights are the authors' EMA weights: store them as such.
     save_checkpoint(out, config=cfg, step=0, ema_state=model.state_dict())
     n = sum(p.numel() for p in model.parameters())
@@ -109,7 +110,7 @@ def run_diffusers(args: argparse.Namespace) -> int:
 
 def run_to_diffusers(args: argparse.Namespace) -> int:
     from ddpm.models.convert_diffusers import save_diffusers_folder
-    from ddpm.train.checkpoint import load_checkpoint
+    from ddpm.checkpoint import load_checkpoint
 
     out = _check_out(args.out, args.force)
     ckpt = load_checkpoint(args.src, use_ema=not args.raw)

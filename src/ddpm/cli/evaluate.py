@@ -91,8 +91,8 @@ def add_parser(subparsers) -> None:
 def _bpd(args):
     from ddpm.evaluate.inputs import default_device, eval_images
     from ddpm.evaluate.likelihood import evaluate_bpd
-    from ddpm.train import distributed
-    from ddpm.train.checkpoint import load_checkpoint
+    from ddpm import distributed
+    from ddpm.checkpoint import load_checkpoint
 
     info, device = distributed.setup(default_device(args.device))
     ck = load_checkpoint(args.ckpt, use_ema=not args.raw, device=device)
@@ -154,8 +154,8 @@ def _generated(args, device):
         return load_images(args.samples, args.num), None, True
     from ddpm.images import save_npz, to_uint8
     from ddpm.sampling.api import generate
-    from ddpm.train import distributed
-    from ddpm.train.checkpoint import load_checkpoint
+    from ddpm import distributed
+    from ddpm.checkpoint import load_checkpoint
 
     info, device = distributed.setup(device)
     ck = load_checkpoint(args.ckpt, device=device)

@@ -59,7 +59,7 @@ def add_parser(subparsers) -> None:
 
 def _load(args):
     from ddpm.evaluate.inputs import default_device
-    from ddpm.train.checkpoint import load_checkpoint
+    from ddpm.checkpoint import load_checkpoint
 
     return load_checkpoint(args.ckpt, use_ema=not args.raw, device=default_device(args.device))
 

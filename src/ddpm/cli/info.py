@@ -34,7 +34,7 @@ def _tensor_summary(path: Path) -> tuple[int, set[str]]:
 
 def describe(path: str | Path) -> tuple[list[str], dict]:
     """Lines describing ``path`` and its config dict."""
-    from ddpm.train import checkpoint as ckpt
+    from ddpm import checkpoint as ckpt
 
     p = Path(path)
     lines: list[str] = []

@@ -118,8 +118,8 @@ def run(args) -> int:
 
     from ddpm.images import save_folder, save_grid, save_npz
     from ddpm.sampling.api import generate
-    from ddpm.train import distributed
-    from ddpm.train.checkpoint import load_checkpoint
+    from ddpm import distributed
+    from ddpm.checkpoint import load_checkpoint
 
     if args.threads:
         torch.set_num_threads(args.threads)

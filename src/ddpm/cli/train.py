@@ -70,7 +70,7 @@ def build_config(args):
     elif args.preset:
         cfg = get_preset(args.preset)
     elif args.init_from:
-        from ddpm.train.checkpoint import config_from_metadata, read_weights, resolve_checkpoint, WEIGHT_FILES
+        from ddpm.checkpoint import config_from_metadata, read_weights, resolve_checkpoint, WEIGHT_FILES
 
         target = resolve_checkpoint(args.init_from)
         files = [target] if target.is_file() else [target / n for n in WEIGHT_FILES if (target / n).is_file()]
@@ -100,7 +100,7 @@ def build_config(args):
 def run(args) -> int:
     import torch
 
-    from ddpm.train import distributed
+    from ddpm import distributed
     from ddpm.train.trainer import Trainer
 
     if args.threads:

@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from ddpm.errors import DataError
+from ddpm.data.dataset import Source
 from ddpm.data.download import data_root, fetch
 from ddpm.data.safe_pickle import safe_loads
 
@@ -106,3 +107,13 @@ def load_cifar10(path: str | None, split: str = "train", *, download: bool = Fal
     labels = np.concatenate([p[1] for p in parts])
     return images, labels, class_names
 
+
+
+def _load(cfg):
+    from ddpm.data.load import from_arrays
+
+    images, labels, names = load_cifar10(cfg.path, cfg.split, download=cfg.download)
+    return from_arrays(cfg, images, labels, names, f"cifar10/{cfg.split}")
+
+
+SOURCE = Source("cifar10", _load, num_classes=10)

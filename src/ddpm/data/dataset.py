@@ -5,9 +5,20 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 
 import torch
 from torch.utils.data import Dataset
+
+
+@dataclass(frozen=True)
+class Source:
+    """A data set of :data:`ddpm.data.load.DATASETS`: ``load(cfg) -> ImageDataset`` for a
+    :class:`ddpm.config.DataConfig`, and its class count (None: read from the data, e.g. folders)."""
+
+    name: str
+    load: Callable
+    num_classes: int | None = None
 
 
 class ImageDataset(Dataset):

@@ -15,6 +15,8 @@ from importlib import resources
 
 import numpy as np
 
+from ddpm.data.dataset import Source
+
 ASSET = "mnist_5k.npz"
 PER_CLASS = 500
 TEST_PER_CLASS = 50
@@ -48,3 +50,13 @@ def load_digits(split: str = "train") -> tuple[np.ndarray, np.ndarray]:
     images, labels = load_all()
     idx = split_indices(labels, split)
     return images[idx], labels[idx]
+
+
+def _load(cfg):
+    from ddpm.data.load import from_arrays
+
+    images, labels = load_digits(cfg.split)
+    return from_arrays(cfg, images, labels, CLASS_NAMES, f"digits/{cfg.split}")
+
+
+SOURCE = Source("digits", _load, num_classes=len(CLASS_NAMES))

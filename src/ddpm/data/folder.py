@@ -19,7 +19,7 @@ from PIL import Image, UnidentifiedImageError
 from tqdm import tqdm
 
 from ddpm.errors import DataError
-from ddpm.data.dataset import ImageDataset
+from ddpm.data.dataset import ImageDataset, Source
 from ddpm.data.transforms import fit_pil
 
 EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
@@ -101,3 +101,7 @@ def load_folder(
                        leave=False, disable=None if len(paths) > 1000 else True)
         images = torch.stack(list(decoded))
     return ImageDataset(images, labels, num_classes=num_classes, class_names=class_names, name=name)
+
+
+SOURCE = Source("folder", lambda cfg: load_folder(cfg.path, cfg.resolution, cfg.channels,
+                                                  class_labels=cfg.class_labels, split=cfg.split))

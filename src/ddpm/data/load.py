@@ -2,22 +2,42 @@
 
 from __future__ import annotations
 
+import importlib
+
 import numpy as np
 import torch
 
 from ddpm.config import DataConfig
 from ddpm.errors import ConfigError
-from ddpm.data.dataset import ImageDataset
+from ddpm.data.dataset import ImageDataset, Source
 from ddpm.data.transforms import fit_array
 
-SOURCES = ("digits", "folder", "cifar10", "mnist")
+# data.source name -> "module:attribute" of its Source; one line per data set (docs/extending.md).
+DATASETS: dict[str, str] = {
+    "digits": "ddpm.data.digits:SOURCE",
+    "folder": "ddpm.data.folder:SOURCE",
+    "cifar10": "ddpm.data.cifar10:SOURCE",
+    "mnist": "ddpm.data.mnist:SOURCE",
+}
+SOURCES = tuple(DATASETS)
 SPLITS = ("train", "test")
+
+
+def get_source(name: str) -> Source:
+    if name not in DATASETS:
+        raise ConfigError(f"unknown data source {name!r}; choose one of {', '.join(DATASETS)}")
+    module, attr = DATASETS[name].split(":")
+    return getattr(importlib.import_module(module), attr)
+
+
+def source_num_classes(name: str) -> int | None:
+    """Classes of a built-in data set (None for folders, whose sub-folders decide, or unknown names)."""
+    return get_source(name).num_classes if name in DATASETS else None
 
 
 def check_config(cfg: DataConfig) -> None:
     """Raise ConfigError for an unknown source/split or an impossible channel count/resolution."""
-    if cfg.source not in SOURCES:
-        raise ConfigError(f"unknown data source {cfg.source!r}; choose one of {', '.join(SOURCES)}")
+    get_source(cfg.source)
     if cfg.split not in SPLITS:
         raise ConfigError(f"unknown data split {cfg.split!r}; choose train or test")
     if cfg.channels not in (1, 3):
@@ -28,7 +48,9 @@ def check_config(cfg: DataConfig) -> None:
         raise ConfigError("data source 'folder' needs a path: set data.path (or --data) to an image folder")
 
 
-def _from_arrays(cfg: DataConfig, images: np.ndarray, labels: np.ndarray, class_names: list[str], name: str):
+def from_arrays(cfg: DataConfig, images: np.ndarray, labels: np.ndarray, class_names: list[str],
+                name: str) -> ImageDataset:
+    """An in-memory dataset from uint8 arrays, resized to ``cfg`` (labels only when asked for)."""
     tensor = fit_array(images, cfg.resolution, cfg.channels)
     if cfg.class_labels:
         return ImageDataset(
@@ -47,24 +69,7 @@ def load_dataset(cfg: DataConfig) -> ImageDataset:
     ``cfg.download`` is set. ``folder``: every image under ``cfg.path``, labels from sub-folder names.
     """
     check_config(cfg)
-    if cfg.source == "digits":
-        from ddpm.data.digits import CLASS_NAMES, load_digits
-
-        images, labels = load_digits(cfg.split)
-        return _from_arrays(cfg, images, labels, CLASS_NAMES, f"digits/{cfg.split}")
-    if cfg.source == "cifar10":
-        from ddpm.data.cifar10 import load_cifar10
-
-        images, labels, names = load_cifar10(cfg.path, cfg.split, download=cfg.download)
-        return _from_arrays(cfg, images, labels, names, f"cifar10/{cfg.split}")
-    if cfg.source == "mnist":
-        from ddpm.data.mnist import CLASS_NAMES, load_mnist
-
-        images, labels = load_mnist(cfg.path, cfg.split, download=cfg.download)
-        return _from_arrays(cfg, images, labels, CLASS_NAMES, f"mnist/{cfg.split}")
-    from ddpm.data.folder import load_folder
-
-    return load_folder(cfg.path, cfg.resolution, cfg.channels, class_labels=cfg.class_labels, split=cfg.split)
+    return get_source(cfg.source).load(cfg)
 
 
 def subset_indices(n: int, num: int | None, seed: int = 0) -> torch.Tensor:

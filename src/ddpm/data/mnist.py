@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from ddpm.errors import DataError
+from ddpm.data.dataset import Source
 from ddpm.data.download import data_root, fetch
 
 # Mirrors in the order tried; the md5 sums of the .gz files are the same on all of them.
@@ -91,3 +92,13 @@ def load_mnist(path: str | None, split: str = "train", *, download: bool = False
     if len(labels) and (labels.min() < 0 or labels.max() > 9):
         raise DataError(f"{found[1]} has labels outside 0..9; is it an MNIST label file?")
     return images, labels.astype(np.int64)
+
+
+def _load(cfg):
+    from ddpm.data.load import from_arrays
+
+    images, labels = load_mnist(cfg.path, cfg.split, download=cfg.download)
+    return from_arrays(cfg, images, labels, CLASS_NAMES, f"mnist/{cfg.split}")
+
+
+SOURCE = Source("mnist", _load, num_classes=len(CLASS_NAMES))

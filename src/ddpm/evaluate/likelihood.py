@@ -174,7 +174,7 @@ def evaluate_bpd(
         _check_meta(cdir, {**(meta or {}), "num_images": n, "batch_size": batch_size, "seed": seed,
                            "clip_denoised": clip_denoised, "num_timesteps": T})
     if world_size > 1:
-        from ddpm.train.distributed import barrier
+        from ddpm.distributed import barrier
 
         barrier()
     num_chunks = math.ceil(n / batch_size)

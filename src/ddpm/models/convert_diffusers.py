@@ -21,9 +21,9 @@ from typing import Any
 
 import torch
 
-from ddpm.config import DiffusionConfig, UNetConfig
+from ddpm.config import DiffusionConfig
 from ddpm.errors import CheckpointError, ConfigError
-from ddpm.models.unet import GN_EPS, GN_GROUPS, UNet, level_sizes
+from ddpm.models.unet import GN_EPS, GN_GROUPS, UNet, UNetConfig, level_sizes
 
 WEIGHT_NAMES = ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.bin")
 # What our UNet hard-wires; a diffusers config that differs describes another network.

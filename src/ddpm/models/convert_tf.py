@@ -18,9 +18,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ddpm.config import UNetConfig
 from ddpm.errors import CheckpointError
-from ddpm.models.unet import UNet, level_sizes
+from ddpm.models.unet import UNet, UNetConfig, level_sizes
 
 EMA_SUFFIX = "/ExponentialMovingAverage"
 _LEAF = {"weight": {"W", "gamma"}, "bias": {"b", "beta"}}

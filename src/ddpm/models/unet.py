@@ -1,4 +1,4 @@
-"""The paper's U-Net (``diffusion_tf/models/unet.py::model`` and ``diffusion_tf/nn.py``), spec §5.
+"""The paper's U-Net (Ho et al. 2020, §4 and App. B; the authors' ``diffusion_tf/models/unet.py``).
 
 Module names mirror the authors' TF variable scopes (``down[i].block[j]``, ``down[i].attn[j]``,
 ``down[i].downsample``, ``mid.block_1``/``attn_1``/``block_2``, ``up[i]...``, ``norm_out``,
@@ -13,18 +13,85 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ddpm.config import UNetConfig
 from ddpm.errors import ConfigError
+from ddpm.models.registry import Architecture
 
 # TF's variance_scaling treats scale 0 as 1e-10 (``nn.default_init``), so "zero" layers are tiny.
 ZERO_INIT_SCALE = 1e-10
 GN_EPS = 1e-6  # tf.contrib.layers.group_norm default; PyTorch's own default is 1e-5
-GN_GROUPS = 32
+GN_GROUPS = 32  # the authors' GroupNorm group count
+
+
+@dataclass
+class UNetConfig:
+    """The authors' U-Net plus optional class conditioning (``model.arch = "unet"``).
+
+    Inside a full :class:`ddpm.config.Config` the image shape, class count and output channels are
+    derived from the data and the diffusion (:meth:`with_data`); standalone, they are plain fields.
+    """
+
+    arch: str = "unet"
+    in_channels: int = 3
+    out_channels: int = 3  # 2 * in_channels for learned variances
+    ch: int = 128
+    ch_mult: tuple[int, ...] = (1, 2, 2, 2)
+    num_res_blocks: int = 2
+    attn_resolutions: tuple[int, ...] = (16,)
+    dropout: float = 0.1
+    resolution: int = 32
+    resamp_with_conv: bool = True
+    # Class conditioning (beyond the paper): a label embedding added to the time embedding.
+    # Label index ``num_classes`` is the null label used for unconditional / guided sampling.
+    num_classes: int | None = None
+    # GroupNorm groups. The authors' 32 leaves one channel per group when ch = 32, which normalises
+    # away the per-channel time and label bias of the first level's residual blocks.
+    norm_groups: int = GN_GROUPS
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        """(C, H, W) of the images the network denoises."""
+        return (self.in_channels, self.resolution, self.resolution)
+
+    def with_data(self, *, channels: int, resolution: int, num_classes: int | None,
+                  learn_sigma: bool) -> "UNetConfig":
+        """This network for images of ``channels`` x ``resolution``², ``num_classes`` labels, and twice
+        the output channels when the diffusion learns its variances."""
+        return dataclasses.replace(self, in_channels=channels, resolution=resolution, num_classes=num_classes,
+                                   out_channels=channels * (2 if learn_sigma else 1))
+
+    def validate(self) -> None:
+        """ConfigError naming the first setting the network cannot be built with."""
+        positive = {"ch": self.ch, "resolution": self.resolution, "in_channels": self.in_channels,
+                    "out_channels": self.out_channels, "norm_groups": self.norm_groups}
+        for key, value in positive.items():
+            if value <= 0:
+                raise ConfigError(f"model.{key} must be positive, got {value}")
+        if self.num_res_blocks < 1 or not self.ch_mult or min(self.ch_mult) < 1:
+            raise ConfigError("model.num_res_blocks must be >= 1 and model.ch_mult a non-empty list of "
+                              "positive multipliers")
+        widths = [self.ch] + [self.ch * m for m in self.ch_mult]
+        if any(w % self.norm_groups for w in widths):
+            raise ConfigError(
+                f"model.ch={self.ch} with ch_mult={tuple(self.ch_mult)} gives widths {widths}; every width "
+                f"must be a multiple of model.norm_groups={self.norm_groups} (GroupNorm groups)")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ConfigError(f"model.dropout must be in [0, 1), got {self.dropout}")
+        if self.num_classes is not None and self.num_classes < 1:
+            raise ConfigError(f"model.num_classes must be a positive integer or None, got {self.num_classes}")
+        # attn_resolutions that match no level are ignored, as in the authors' code.
+
+    def describe(self) -> str:
+        cond = f", {self.num_classes} classes (+ null label)" if self.num_classes else ", unconditional"
+        groups = "" if self.norm_groups == GN_GROUPS else f", GroupNorm {self.norm_groups} groups"
+        return (f"UNet {self.in_channels}x{self.resolution}x{self.resolution} -> {self.out_channels} channels, "
+                f"ch {self.ch}, ch_mult {tuple(self.ch_mult)}, {self.num_res_blocks} res blocks, attention at "
+                f"{tuple(self.attn_resolutions)}, dropout {self.dropout}{groups}{cond}")
 
 
 def timestep_embedding(t: torch.Tensor, dim: int) -> torch.Tensor:
@@ -66,8 +133,8 @@ def nin(cin: int, cout: int, init_scale: float = 1.0) -> nn.Conv2d:
     return init_layer(nn.Conv2d(cin, cout, 1), init_scale)
 
 
-def group_norm(c: int) -> nn.GroupNorm:
-    return nn.GroupNorm(GN_GROUPS, c, eps=GN_EPS)
+def group_norm(c: int, groups: int = GN_GROUPS) -> nn.GroupNorm:
+    return nn.GroupNorm(groups, c, eps=GN_EPS)
 
 
 def tf_same_pad(size: int, kernel: int = 3, stride: int = 2) -> tuple[int, int]:
@@ -80,12 +147,12 @@ def tf_same_pad(size: int, kernel: int = 3, stride: int = 2) -> tuple[int, int]:
 class ResnetBlock(nn.Module):
     """GN-SiLU-conv1, + dense(SiLU(temb)), GN-SiLU-dropout-conv2 (init ~0), plus a 1x1 shortcut."""
 
-    def __init__(self, cin: int, cout: int, temb_ch: int, dropout: float):
+    def __init__(self, cin: int, cout: int, temb_ch: int, dropout: float, groups: int = GN_GROUPS):
         super().__init__()
-        self.norm1 = group_norm(cin)
+        self.norm1 = group_norm(cin, groups)
         self.conv1 = conv3x3(cin, cout)
         self.temb_proj = init_layer(nn.Linear(temb_ch, cout))
-        self.norm2 = group_norm(cout)
+        self.norm2 = group_norm(cout, groups)
         self.dropout = nn.Dropout(dropout)
         self.conv2 = conv3x3(cout, cout, init_scale=0.0)
         self.nin_shortcut = nin(cin, cout) if cin != cout else None
@@ -102,9 +169,9 @@ class ResnetBlock(nn.Module):
 class AttnBlock(nn.Module):
     """Single-head self-attention over all H*W positions with separate q, k, v 1x1 layers."""
 
-    def __init__(self, c: int):
+    def __init__(self, c: int, groups: int = GN_GROUPS):
         super().__init__()
-        self.norm = group_norm(c)
+        self.norm = group_norm(c, groups)
         self.q = nin(c, c)
         self.k = nin(c, c)
         self.v = nin(c, c)
@@ -176,11 +243,11 @@ class _Level(nn.Module):
 
 
 class _Mid(nn.Module):
-    def __init__(self, c: int, temb_ch: int, dropout: float):
+    def __init__(self, c: int, temb_ch: int, dropout: float, groups: int):
         super().__init__()
-        self.block_1 = ResnetBlock(c, c, temb_ch, dropout)
-        self.attn_1 = AttnBlock(c)
-        self.block_2 = ResnetBlock(c, c, temb_ch, dropout)
+        self.block_1 = ResnetBlock(c, c, temb_ch, dropout, groups)
+        self.attn_1 = AttnBlock(c, groups)
+        self.block_2 = ResnetBlock(c, c, temb_ch, dropout, groups)
 
 
 class UNet(nn.Module):
@@ -191,9 +258,11 @@ class UNet(nn.Module):
 
     def __init__(self, config: UNetConfig):
         super().__init__()
-        _validate(config)
+        if not isinstance(config, UNetConfig):
+            raise ConfigError(f"UNet needs a UNetConfig, got {type(config).__name__}")
+        config.validate()
         self.config = config
-        ch, temb_ch, dropout = config.ch, 4 * config.ch, config.dropout
+        ch, temb_ch, dropout, groups = config.ch, 4 * config.ch, config.dropout, config.norm_groups
         self.temb = TimestepMLP(ch, temb_ch)
         self.label_emb = nn.Embedding(config.num_classes + 1, temb_ch) if config.num_classes else None
         self.conv_in = conv3x3(config.in_channels, ch)
@@ -207,40 +276,40 @@ class UNet(nn.Module):
         for i, mult in enumerate(config.ch_mult):
             level = _Level()
             for j in range(config.num_res_blocks):
-                level.block.append(ResnetBlock(cin, ch * mult, temb_ch, dropout))
+                level.block.append(ResnetBlock(cin, ch * mult, temb_ch, dropout, groups))
                 cin = ch * mult
                 if sizes[i] in attn_at:
-                    level.attn[str(j)] = AttnBlock(cin)
+                    level.attn[str(j)] = AttnBlock(cin, groups)
                 skip_ch.append(cin)
             if i != len(config.ch_mult) - 1:
                 level.downsample = Downsample(cin, config.resamp_with_conv)
                 skip_ch.append(cin)
             self.down.append(level)
 
-        self.mid = _Mid(cin, temb_ch, dropout)
+        self.mid = _Mid(cin, temb_ch, dropout, groups)
 
         ups = []
         for i, mult in reversed(list(enumerate(config.ch_mult))):
             level = _Level()
             for j in range(config.num_res_blocks + 1):
-                level.block.append(ResnetBlock(cin + skip_ch.pop(), ch * mult, temb_ch, dropout))
+                level.block.append(ResnetBlock(cin + skip_ch.pop(), ch * mult, temb_ch, dropout, groups))
                 cin = ch * mult
                 if sizes[i] in attn_at:
-                    level.attn[str(j)] = AttnBlock(cin)
+                    level.attn[str(j)] = AttnBlock(cin, groups)
             if i != 0:
                 level.upsample = Upsample(cin, config.resamp_with_conv)
             ups.append(level)
         self.up = nn.ModuleList(reversed(ups))  # up[i] sits at the resolution of down[i]
 
-        self.norm_out = group_norm(cin)
+        self.norm_out = group_norm(cin, groups)
         self.conv_out = conv3x3(cin, config.out_channels, init_scale=0.0)
 
     @classmethod
     def from_preset(cls, name: str, **overrides) -> "UNet":
-        """Build a preset network (see :data:`ddpm.models.presets.UNET_PRESETS`), fields overridable."""
-        from ddpm.models.presets import get_unet_config
+        """Build a preset's network (:func:`ddpm.presets.get_network`), fields overridable."""
+        from ddpm.presets import get_network
 
-        return cls(get_unet_config(name, **overrides))
+        return cls(get_network(name, **overrides))
 
     def embed(self, t: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
         """The (B, 4ch) conditioning vector: timestep MLP plus the optional label embedding."""
@@ -300,17 +369,5 @@ def count_parameters(model: nn.Module, trainable_only: bool = True) -> int:
     return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)
 
 
-def _validate(config: UNetConfig) -> None:
-    if not dataclasses.is_dataclass(config):
-        raise ConfigError(f"UNet needs a UNetConfig, got {type(config).__name__}")
-    widths = [config.ch] + [config.ch * m for m in config.ch_mult]
-    if config.ch < 2 or any(w % GN_GROUPS for w in widths):
-        raise ConfigError(
-            f"model.ch={config.ch} with ch_mult={tuple(config.ch_mult)} gives widths {widths}; "
-            f"every width must be a multiple of {GN_GROUPS} (GroupNorm groups)"
-        )
-    if config.num_res_blocks < 1 or not config.ch_mult:
-        raise ConfigError("model.num_res_blocks must be >= 1 and model.ch_mult non-empty")
-    if config.num_classes is not None and config.num_classes < 1:
-        raise ConfigError(f"model.num_classes must be a positive integer or None, got {config.num_classes}")
-    # attn_resolutions that match no level are ignored, as in the authors' code.
+ARCH = Architecture(name="unet", config=UNetConfig, network=UNet,
+                    summary="the DDPM U-Net (Ho et al. 2020, App. B) with optional class conditioning")

@@ -23,7 +23,6 @@ import random
 import sys
 import time
 import warnings
-from contextlib import nullcontext
 from pathlib import Path
 
 import numpy as np
@@ -34,8 +33,8 @@ from ddpm import accel
 from ddpm.config import Config
 from ddpm.errors import CheckpointError, ConfigError, DataError, UserError
 from ddpm.resample import create_timestep_sampler
-from ddpm.train import checkpoint as ckpt
-from ddpm.train import distributed
+from ddpm import checkpoint as ckpt
+from ddpm import distributed
 from ddpm.train.ema import EMA
 from ddpm.train.metrics import MetricsLog
 from ddpm.train.validate import validate_config
@@ -113,11 +112,12 @@ class Trainer:
         torch.manual_seed(tc.seed)  # the network's initialisation, identical on every rank
         random.seed(tc.seed)
         np.random.seed(tc.seed)
-        from ddpm.models.unet import UNet
+        from ddpm.models.registry import build_model
 
-        self.model = UNet(self.config.model).to(self.device)
-        if self.device.type == "cuda":
-            self.model = self.model.to(memory_format=torch.channels_last)
+        # channels_last on CUDA (exact; faster convolutions), plain NCHW on CPU.
+        # (TF32 stays off: fp32 training means fp32 matmuls, as the paper's recipe)
+        self.fast = accel.FastPath(channels_last=self.device.type == "cuda", precision=tc.precision, tf32=False)
+        self.model = accel.prepare_model(build_model(self.config.model), self.fast, self.device)
         self.ema = EMA(self.model, tc.ema_decay)
         self.diffusion = self.config.diffusion.build()
         self.timestep_sampler = create_timestep_sampler(tc.timestep_sampler, self.diffusion.num_timesteps)
@@ -137,7 +137,7 @@ class Trainer:
         if self.dist.enabled:
             ids = [self.device.index] if self.device.type == "cuda" else None
             self.ddp_model = DistributedDataParallel(self.model, device_ids=ids)
-        self.forward_model = torch.compile(self.ddp_model) if tc.compile else self.ddp_model
+        self.forward_model = accel.compile_model(self.ddp_model) if tc.compile else self.ddp_model
         self._bad = torch.zeros((), dtype=torch.bool, device=self.device)
         self._bad_step = torch.full((), -1, dtype=torch.long, device=self.device)
         if self.is_main:
@@ -165,7 +165,8 @@ class Trainer:
             for t in (a["train"], b["train"]):
                 for k in RESUMABLE_FIELDS:
                     t.pop(k, None)
-            a.pop("preset", None), b.pop("preset", None)
+            for d in (a, b):  # the default sampler does not change training
+                d.pop("preset", None), d.pop("sampling", None)
             if Config.from_dict(a).to_dict() != Config.from_dict(b).to_dict():
                 diff = [f"{s}.{k}" for s in ("model", "diffusion", "train", "data")
                         for k in a[s] if a[s][k] != b[s].get(k)]
@@ -199,7 +200,7 @@ class Trainer:
         if len(ds) == 0:
             raise DataError("the training dataset is empty")
         shape = tuple(ds.shape) if hasattr(ds, "shape") else tuple(ds[0][0].shape)
-        want = (mc.in_channels, mc.resolution, mc.resolution)
+        want = tuple(mc.image_shape)
         if shape != want:
             raise DataError(f"training images are {'x'.join(map(str, shape))} (CxHxW) but the model expects "
                             f"{'x'.join(map(str, want))}; set data.resolution/data.channels to match")
@@ -241,38 +242,12 @@ class Trainer:
 
     # ------------------------------------------------------------------ state
     def _state(self) -> tuple[dict, dict]:
-        tensors: dict[str, torch.Tensor] = {
-            "rng.torch_cpu": torch.get_rng_state(),
-            "rng.gen_cpu": self.gen_cpu.get_state(),
-            "rng.gen_dev": self.gen_dev.get_state(),
-        }
-        if torch.cuda.is_available():
-            for i, s in enumerate(torch.cuda.get_rng_state_all()):
-                tensors[f"rng.cuda.{i}"] = s
-        opt = self.optimizer.state_dict()
-        for idx, st in opt["state"].items():
-            for k, v in st.items():
-                tensors[f"optim.{idx}.{k}"] = v if torch.is_tensor(v) else torch.tensor(v)
-        sampler_json = {}
-        for k, v in self.timestep_sampler.state_dict().items():
-            if torch.is_tensor(v):
-                tensors[f"sampler.{k}"] = v
-            else:
-                sampler_json[k] = v
-        np_state = np.random.get_state()
         pos = self.step * self.config.train.batch_size
-        js = {
-            "step": self.step,
-            "ema_initialized": self.ema_initialized,
-            "optimizer_param_groups": opt["param_groups"],
-            "timestep_sampler": sampler_json,
-            "data_position": {"epoch": pos // self.num_examples, "index": pos % self.num_examples},
-            "rng_python": [random.getstate()[0], list(random.getstate()[1]), random.getstate()[2]],
-            "rng_numpy": [np_state[0], np_state[1].tolist(), int(np_state[2]), int(np_state[3]),
-                          float(np_state[4])],
-            "world_size": self.dist.world_size,
-        }
-        return tensors, js
+        return ckpt.pack_train_state(
+            self.optimizer, {"gen_cpu": self.gen_cpu, "gen_dev": self.gen_dev}, self.timestep_sampler.state_dict(),
+            step=self.step, ema_initialized=self.ema_initialized,
+            data_position={"epoch": pos // self.num_examples, "index": pos % self.num_examples},
+            world_size=self.dist.world_size)
 
     def _load_state(self) -> None:
         try:
@@ -288,31 +263,8 @@ class Trainer:
         self.model.load_state_dict(model_state)
         self.ema.load_state_dict(ema_state, initialized=js["ema_initialized"])
         self.ema_initialized = js["ema_initialized"]
-        state: dict = {}
-        for k, v in tensors.items():
-            if k.startswith("optim."):
-                _, idx, name = k.split(".", 2)
-                state.setdefault(int(idx), {})[name] = v
-        groups = js["optimizer_param_groups"]
-        current = self.optimizer.state_dict()["param_groups"]
-        for g, c in zip(groups, current):  # device-specific flags follow this run, not the saved one
-            for key in ("foreach", "fused", "capturable", "differentiable"):
-                if key in c:
-                    g[key] = c[key]
-        self.optimizer.load_state_dict({"state": state, "param_groups": groups})
-        sampler_state = dict(js.get("timestep_sampler", {}))
-        sampler_state.update({k[len("sampler."):]: v for k, v in tensors.items() if k.startswith("sampler.")})
-        self.timestep_sampler.load_state_dict(sampler_state)
-        torch.set_rng_state(tensors["rng.torch_cpu"])
-        self.gen_cpu.set_state(tensors["rng.gen_cpu"])
-        self.gen_dev.set_state(tensors["rng.gen_dev"])
-        cuda_states = [tensors[f"rng.cuda.{i}"] for i in range(torch.cuda.device_count()) if f"rng.cuda.{i}" in tensors]
-        if torch.cuda.is_available() and len(cuda_states) == torch.cuda.device_count():
-            torch.cuda.set_rng_state_all(cuda_states)
-        p = js["rng_python"]
-        random.setstate((p[0], tuple(p[1]), p[2]))
-        n = js["rng_numpy"]
-        np.random.set_state((n[0], np.array(n[1], dtype=np.uint32), n[2], n[3], n[4]))
+        self.timestep_sampler.load_state_dict(
+            ckpt.restore_train_state(tensors, js, self.optimizer, {"gen_cpu": self.gen_cpu, "gen_dev": self.gen_dev}))
         self.step = int(js["step"])
         if self.is_main:
             print(f"resuming {self.run_dir} from {directory.name}", file=sys.stderr)
@@ -371,14 +323,14 @@ class Trainer:
             y = self.labels[idx]
             drop = torch.rand(B, generator=self.gen_cpu) < tc.class_dropout
             y = torch.where(drop, torch.full_like(y, mc.num_classes), y)
-        shape = (B, mc.in_channels, mc.resolution, mc.resolution)
+        shape = (B, *mc.image_shape)
         noise = torch.randn(shape, generator=self.gen_dev, device=self.device)[lo:hi]
         x = self._fetch(idx[lo:hi]).float() / 127.5 - 1.0
         if flip is not None:
             f = flip[lo:hi].to(self.device, non_blocking=True).view(-1, 1, 1, 1)
             x = torch.where(f, x.flip(3), x)
-        if self.device.type == "cuda":
-            x = x.contiguous(memory_format=torch.channels_last)
+        if self.fast.channels_last:
+            x = accel.channels_last_input(x)
         # Host-to-device copies of these small CPU tensors: non_blocking, else each .to() waits for
         # the GPU to drain its queue (a host sync per step). Safe from pageable memory: CUDA stages
         # the bytes before the call returns, and these tensors are fresh every step.
@@ -390,10 +342,8 @@ class Trainer:
         """One optimizer update; returns the (device) mean loss of this rank's slice."""
         tc = self.config.train
         x, t, weights, noise, kwargs = self._batch()
-        autocast = (torch.autocast(self.device.type, dtype=torch.bfloat16)
-                    if tc.precision == "bf16" else nullcontext())
         self.model.train()
-        with autocast:
+        with accel.autocast(self.device, tc.precision):
             losses = self.diffusion.training_losses(self.forward_model, x, t, noise=noise, model_kwargs=kwargs)
         per_example = losses["loss"].float()
         loss = (per_example * weights).mean()
@@ -508,7 +458,7 @@ class Trainer:
         devices = [self.device.index or 0] if self.device.type == "cuda" else []
         with torch.random.fork_rng(devices=devices):
             x = generate(self.ema.model, self.diffusion, n, batch_size=min(n, 256), class_labels=labels,
-                         steps=self.config.train.sample_steps,
+                         sampler=self.config.sampling, steps=self.config.train.sample_steps,
                          seed=self.config.train.seed, device=self.device, rank=self.dist.rank,
                          world_size=self.dist.world_size)
             x = distributed.gather_shards(x, self.dist)

@@ -4,15 +4,16 @@ from __future__ import annotations
 
 import dataclasses
 
-from ddpm.config import PRECISION_CHOICES, Config
+from ddpm.config import PRECISION_CHOICES, SECTIONS, Config
 from ddpm.errors import ConfigError
 
-_OPTIONAL = {("model", "num_classes"): int, ("data", "path"): str, ("train", "sample_steps"): int}
+_OPTIONAL = {("model", "num_classes"): int, ("data", "path"): str, ("train", "sample_steps"): int,
+             ("sampling", "steps"): int, ("sampling", "spacing"): str}
 
 
 def _check_types(cfg: Config) -> None:
     """Each field must have the type of its default (ints where ints belong, and so on)."""
-    for section in ("model", "diffusion", "train", "data"):
+    for section in SECTIONS:
         obj = getattr(cfg, section)
         default = type(obj)()
         for f in dataclasses.fields(obj):
@@ -43,21 +44,21 @@ def _check_types(cfg: Config) -> None:
 
 
 def validate_config(cfg: Config) -> Config:
-    """Raise ConfigError naming the first invalid or inconsistent setting; returns ``cfg``."""
+    """Raise ConfigError naming the first invalid or inconsistent setting; returns the config with its
+    derived fields recomputed (so a Config mutated after construction is consistent again)."""
     _check_types(cfg)
+    cfg = dataclasses.replace(cfg)  # re-derive the network's image shape, classes and output channels
     t, m, d = cfg.train, cfg.model, cfg.data
+    m.validate()
     positive = {"train.batch_size": t.batch_size, "train.steps": t.steps, "train.lr": t.lr,
-                "train.log_every": t.log_every, "model.ch": m.ch, "model.resolution": m.resolution,
-                "model.in_channels": m.in_channels, "model.out_channels": m.out_channels,
-                "data.resolution": d.resolution, "data.channels": d.channels,
+                "train.log_every": t.log_every, "data.resolution": d.resolution, "data.channels": d.channels,
                 "diffusion.num_timesteps": cfg.diffusion.num_timesteps}
     for key, value in positive.items():
         if value <= 0:
             raise ConfigError(f"{key} must be positive, got {value}")
     non_negative = {"train.warmup": t.warmup, "train.grad_clip": t.grad_clip,
                     "train.sample_every": t.sample_every, "train.ckpt_every": t.ckpt_every,
-                    "train.keep_checkpoints": t.keep_checkpoints, "train.num_sample_images": t.num_sample_images,
-                    "model.num_res_blocks": m.num_res_blocks}
+                    "train.keep_checkpoints": t.keep_checkpoints, "train.num_sample_images": t.num_sample_images}
     for key, value in non_negative.items():
         if value < 0:
             raise ConfigError(f"{key} must be >= 0, got {value}")
@@ -65,23 +66,17 @@ def validate_config(cfg: Config) -> Config:
         raise ConfigError(f"train.ema_decay must be in [0, 1), got {t.ema_decay}")
     if not 0.0 <= t.class_dropout < 1.0:
         raise ConfigError(f"train.class_dropout must be in [0, 1), got {t.class_dropout}")
-    if not 0.0 <= m.dropout < 1.0:
-        raise ConfigError(f"model.dropout must be in [0, 1), got {m.dropout}")
     if t.precision not in PRECISION_CHOICES:
         raise ConfigError(f"train.precision must be {', '.join(PRECISION_CHOICES[:-1])} or {PRECISION_CHOICES[-1]}, "
                           f"got {t.precision!r}")
-    if m.in_channels != d.channels:
-        raise ConfigError(f"model.in_channels={m.in_channels} but data.channels={d.channels}; make them equal")
-    if m.resolution != d.resolution:
-        raise ConfigError(f"model.resolution={m.resolution} but data.resolution={d.resolution}; make them equal")
-    if m.num_classes is not None:
-        if m.num_classes <= 0:
-            raise ConfigError(f"model.num_classes must be positive or null, got {m.num_classes}")
-        if not d.class_labels:
-            raise ConfigError("model.num_classes is set but data.class_labels is false; "
-                              "set data.class_labels=true (or model.num_classes=null)")
-    elif t.class_dropout > 0:
-        raise ConfigError("train.class_dropout > 0 needs a class-conditional model (set model.num_classes)")
+    if d.class_labels and m.num_classes is None:
+        raise ConfigError(f"data.class_labels is set but data source {d.source!r} does not say how many classes "
+                          "there are; set model.num_classes to the number of class sub-folders")
+    if m.num_classes is None and t.class_dropout > 0:
+        raise ConfigError("train.class_dropout > 0 needs class labels (set data.class_labels=true)")
+    from ddpm.sampling.registry import resolve_sampler
+
+    resolve_sampler(cfg.sampling, cfg.diffusion.num_timesteps, num_classes=m.num_classes, labels=True)
     from ddpm.resample import create_timestep_sampler
 
     create_timestep_sampler(t.timestep_sampler, cfg.diffusion.num_timesteps)
