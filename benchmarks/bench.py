@@ -47,6 +47,9 @@ import torch
 import torch.nn.functional as F
 
 from ddpm import accel
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import measure  # noqa: E402  (FLOP counting and peaks, beside this script)
 from ddpm.config import DiffusionConfig
 from ddpm.models.unet import UNet, count_parameters
 
@@ -324,14 +327,14 @@ def time_interleaved(contenders: list[Contender], repeats: int, device) -> None:
     for c in contenders:
         with c.flags():
             c.run()
-        accel.synchronize(device)
+        measure.synchronize(device)
     for r in range(repeats):
         for c in contenders:
             with c.flags():
-                accel.synchronize(device)
+                measure.synchronize(device)
                 start, cpu_start = time.perf_counter(), time.process_time()
                 c.run()
-                accel.synchronize(device)
+                measure.synchronize(device)
                 c.times.append((time.perf_counter() - start) / c.units)
                 c.cpu_times.append((time.process_time() - cpu_start) / c.units)
         print(f"    round {r + 1}/{repeats}: " + ", ".join(f"{c.name} {c.times[-1]:.4f}s" for c in contenders),
@@ -445,13 +448,13 @@ def flop_counts(model, diffusion, device) -> dict:
     was_training = model.training
     model.eval()
     with torch.no_grad():
-        fwd = accel.count_flops(lambda: model(x, t)) / 2
+        fwd = measure.count_flops(lambda: model(x, t)) / 2
     model.train()
 
     def step():
         diffusion.training_losses(model, x, t)["loss"].mean().backward()
 
-    train = accel.count_flops(step) / 2
+    train = measure.count_flops(step) / 2
     model.zero_grad(set_to_none=True)
     model.train(was_training)
     return {"forward_per_image": fwd, "train_step_per_image": train}
@@ -470,7 +473,7 @@ def profile_ours(model, diffusion, device, batch, precision, fast, workdir: Path
     tables = {}
     with profile(activities=acts) as prof:
         run_train()
-        accel.synchronize(device)
+        measure.synchronize(device)
     tables["ddpm train_step"] = prof.key_averages().table(sort_by=sort, row_limit=15)
     fn = accel.wrap_for_sampling(model, dataclasses_replace(fast, precision=precision), device)
     res = model.config.resolution
@@ -491,7 +494,7 @@ def profile_ours(model, diffusion, device, batch, precision, fast, workdir: Path
             with profile(activities=acts) as prof:
                 for _ in range(3):
                     call(x, t)
-                accel.synchronize(device)
+                measure.synchronize(device)
             tables[name] = prof.key_averages().table(sort_by=sort, row_limit=18)
     return tables
 
@@ -553,11 +556,11 @@ def _main(args, argv, workdir: Path) -> int:
     for precision in args.precision:
         fast = accel.FastPath(precision=precision, tf32=precision == "fp32")
         peak_key = precision if device.type == "cuda" else "fp32"
-        peak = accel.datasheet_peak_flops(device, peak_key, tf32=True)
+        peak = measure.datasheet_peak_flops(device, peak_key, tf32=True)
         peak_src = "datasheet"
         if peak is None:
             dtype = torch.bfloat16 if precision == "bf16" else torch.float32
-            peak, peak_src = accel.measure_matmul_flops(device, dtype), "measured square matmul"
+            peak, peak_src = measure.measure_matmul_flops(device, dtype), "measured square matmul"
         mode: dict = {"peak_flops": peak, "peak_source": peak_src}
         print(f"\n### mode {precision}: peak {peak / 1e12:.3f} TFLOP/s ({peak_src})")
         ours_flags = _tf32_flags(fast.tf32 if device.type == "cuda" else None)

@@ -28,6 +28,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import bench  # noqa: E402  (the shared harness in this folder)
 import report  # noqa: E402  (the ratio targets and the interval verdict)
+import measure  # noqa: E402  (FLOP counting and peaks)
 
 from ddpm import accel  # noqa: E402
 from ddpm.config import DiffusionConfig  # noqa: E402
@@ -38,13 +39,13 @@ N_IMAGES, T, TRAIN_TARGET, SAMPLE_MINUTES = 50_000, 1000, 8000.0, 40.0
 
 def median_time(fn, repeats: int, device) -> float:
     fn()
-    accel.synchronize(device)
+    measure.synchronize(device)
     times = []
     for _ in range(repeats):
-        accel.synchronize(device)
+        measure.synchronize(device)
         start = time.perf_counter()
         fn()
-        accel.synchronize(device)
+        measure.synchronize(device)
         times.append(time.perf_counter() - start)
     return statistics.median(times)
 
@@ -119,10 +120,10 @@ def main(argv=None) -> int:
 
         gen_steps = 10  # generate() with a 10-step respaced chain: same per-step cost, real noise path
         generate(model, diffusion, b, batch_size=b, steps=gen_steps, device=device)  # warm-up
-        accel.synchronize(device)
+        measure.synchronize(device)
         start = time.perf_counter()
         generate(model, diffusion, b, batch_size=b, steps=gen_steps, device=device)
-        accel.synchronize(device)
+        measure.synchronize(device)
         sec = (time.perf_counter() - start) / gen_steps
         minutes = math.ceil(N_IMAGES / b) * T * sec / 60
         out["sampling"][f"generate_fp32_batch{b}"] = {"sec_per_step": sec, "projected_minutes_50k": minutes}

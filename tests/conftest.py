@@ -45,6 +45,12 @@ def bench():
 
 
 @pytest.fixture(scope="session")
+def measure():
+    """benchmarks/measure.py, FLOP counting and peak figures."""
+    return _load_benchmark_script("measure")
+
+
+@pytest.fixture(scope="session")
 def report():
     """benchmarks/report.py, the Markdown tables and target verdicts."""
     return _load_benchmark_script("report")

@@ -1,4 +1,4 @@
-"""Progressive x̂0, shared-latent branching and latent interpolation (spec §4.2–4.4)."""
+"""Progressive x̂0, shared-latent branching and latent interpolation (Ho et al. 2020, §4.3–4.4, Fig. 6–9)."""
 
 import pytest
 import torch

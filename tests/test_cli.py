@@ -1,5 +1,6 @@
 """`ddpm train/sample/info`: end to end on a tiny model, and every misuse -> exit 2 with one line."""
 
+import json
 import os
 import subprocess
 import sys
@@ -163,11 +164,24 @@ MISUSE = {
     "unwritable output": ["sample", "--ckpt", "{run}", "--grid", "{tmp}/afile/o.png"],
     "grid is a directory": ["sample", "--ckpt", "{run}", "--grid", "{tmp}"],
     "raw on EMA-only checkpoint": ["sample", "--ckpt", "{cond}", "--raw", "--grid", "{tmp}/o.png"],
-    "unknown sampler": ["sample", "--ckpt", "{run}", "--sampler", "euler"],
+    "unknown sampler": ["sample", "--ckpt", "{run}", "--sampler", "nope"],
     "class not a number": ["sample", "--ckpt", "{cond}", "--class", "seven"],
     "cuda graph on CPU": ["sample", "--ckpt", "{run}", "--device", "cpu", "--cuda-graph", "--grid", "{tmp}/o.png"],
     "bad sample precision": ["sample", "--ckpt", "{run}", "--precision", "fp16"],
     "info missing": ["info", "{tmp}/nockpt"],
+    "info with nothing to describe": ["info"],
+    "info unknown preset": ["info", "--preset", "nope"],
+    "info path and preset": ["info", "{run}", "--preset", "cifar10"],
+    "bad device name": ["sample", "--ckpt", "{run}", "--device", "tpu", "--grid", "{tmp}/o.png"],
+    "option without a value": ["sample", "--ckpt", "{run}", "--option", "eta", "--grid", "{tmp}/o.png"],
+    "option of another sampler": ["sample", "--ckpt", "{run}", "--option", "eta=0.3", "--grid", "{tmp}/o.png"],
+    "unknown sampler option": ["sample", "--ckpt", "{run}", "--sampler", "ddim", "--option", "order=2",
+                               "--grid", "{tmp}/o.png"],
+    "eta out of range": ["sample", "--ckpt", "{run}", "--sampler", "ddim", "--eta", "1.5"],
+    "spacing unknown": ["sample", "--ckpt", "{run}", "--spacing", "cosine", "--grid", "{tmp}/o.png"],
+    "figure sampler without part-way start": ["figure", "interpolate", "--ckpt", "{run}", "--steps", "3",
+                                              "--out", "{tmp}/i.png"],
+    "eval nll bad device": ["eval", "nll", "--ckpt", "{run}", "--device", "gpu0", "--out", "{tmp}/ev"],
     "info not a ddpm file": ["info", "{tmp}/foreign.safetensors"],
     "info not a checkpoint": ["info", "{tmp}/empty"],
 }
@@ -199,6 +213,15 @@ def test_misuse_exits_2_with_one_line(case, misuse_env, capsys):
     assert len(lines) == 1, (case, err)
     assert "Traceback" not in err and "error" in lines[0]
     assert not os.path.exists(misuse_env["tmp"] + "/a/checkpoints")  # nothing was trained
+
+
+def test_info_preset_counts_on_the_meta_device(capsys):
+    rc, out, _ = call(["info", "--preset", "cifar10"], capsys)
+    assert rc == 0 and "35,746,307" in out and "unet: UNet 3x32x32" in out and "sampling:    ddpm" in out
+    rc, out, _ = call(["info", "--preset", "lsun-bedroom-large"], capsys)
+    assert rc == 0 and "255,677,955" in out
+    rc, out, _ = call(["info", "--preset", "improved-cifar10", "--json"], capsys)
+    assert rc == 0 and json.loads(out)["model"]["out_channels"] == 6  # learned Σ: derived, not typed
 
 
 def test_misuse_in_a_real_subprocess_has_no_traceback(tmp_path):

@@ -358,21 +358,21 @@ def test_benchmark_script_runs_and_writes_json(tmp_path, bench):
 # ------------------------------------------------------------------------------ FLOP counts
 
 
-def test_count_flops_counts_two_per_multiply_add():
+def test_count_flops_counts_two_per_multiply_add(measure):
     layer = nn.Linear(64, 32).to(DEVICE)
     x = torch.randn(5, 64, device=DEVICE)
-    assert accel.count_flops(lambda: layer(x)) == 2 * 5 * 64 * 32
+    assert measure.count_flops(lambda: layer(x)) == 2 * 5 * 64 * 32
 
 
 @pytest.mark.slow
-def test_cifar10_unet_flops_match_the_documented_numbers():
+def test_cifar10_unet_flops_match_the_documented_numbers(measure):
     """12.44 GFLOP/image forward (12.11 without attention's two 256x256 products per 16x16 block)."""
     from torch._subclasses.fake_tensor import FakeTensorMode
 
     with FakeTensorMode():
         model = UNet.from_preset("cifar10")
         x, t = torch.randn(1, 3, 32, 32), torch.tensor([5])
-        fwd = accel.count_flops(lambda: model(x, t))
+        fwd = measure.count_flops(lambda: model(x, t))
         attn = 5 * 2 * (2 * 256 * 256 * 256)  # QK^T and AV at 16x16 (256 tokens, C=256), 5 blocks
         assert abs(fwd / 1e9 - 12.44) < 0.01
         assert abs((fwd - attn) / 1e9 - 12.11) < 0.01

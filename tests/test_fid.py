@@ -146,3 +146,32 @@ def test_cli_fid_from_checkpoint_generates_first(tmp_path, capsys):
     assert "FID" in capsys.readouterr().out
     gen = np.load(tmp_path / "gen.npz")["arr_0"]
     assert gen.shape == (2, 8, 8, 1) and gen.dtype == np.uint8
+
+
+def test_cli_fid_takes_the_sampler_options_and_records_them(tmp_path, capsys):
+    """`ddpm eval fid --ckpt` draws its samples with the same sampler settings as `generate`."""
+    import json
+
+    from ddpm.checkpoint import load_checkpoint
+    from ddpm.cli import main
+    from ddpm.images import to_uint8
+    from ddpm.sampling.api import generate
+    from test_likelihood_eval import save_tiny_checkpoint
+
+    ck = save_tiny_checkpoint(tmp_path / "ck")
+    feature_statistics(np.random.default_rng(8).normal(size=(4, 2048))).save(tmp_path / "ref.npz")
+    assert main(["eval", "fid", "--ckpt", str(ck), "--num", "3", "--batch-size", "2", "--ref", str(tmp_path / "ref.npz"),
+                 "--inception", "random", "--device", "cpu", "--splits", "1", "--sampler", "ddim", "--steps", "3",
+                 "--eta", "0.5", "--seed", "4", "--save-samples", str(tmp_path / "gen.npz"),
+                 "--json", str(tmp_path / "o.json")]) == 0
+    capsys.readouterr()
+    loaded = load_checkpoint(ck, device="cpu")
+    want = generate(loaded.model, loaded.diffusion, 3, sampler="ddim", steps=3, eta=0.5, seed=4)
+    got = np.load(tmp_path / "gen.npz")["arr_0"]
+    assert np.array_equal(got, to_uint8(want))
+    record = json.loads((tmp_path / "o.json").read_text())["generated"]
+    assert record["sampler"]["sampler"] == "ddim" and record["sampler"]["steps"] == 3
+    assert record["sampler"]["options"] == {"eta": 0.5} and record["seed"] == 4
+    assert main(["eval", "fid", "--samples", str(tmp_path / "gen.npz"), "--ref", str(tmp_path / "ref.npz"),
+                 "--inception", "random", "--steps", "3"]) == 2
+    assert "sampler options apply to --ckpt" in capsys.readouterr().err

@@ -12,7 +12,7 @@ def test_progressive_columns_end_with_the_sample():
     f = figures.progressive_figure(model, diff, num_chains=2, num_frames=3, seed=0)
     assert f["frames"].shape == (2, 4, 1, 8, 8)  # 3 x̂0 snapshots + the final sample
     assert f["frames_t"] == [5, 3, 1, 0]
-    # the x̂0 predicted at the last step (code t = 0) is the sample itself (spec §4.2)
+    # the x̂0 predicted at the last step (code t = 0) is the sample itself (Ho et al. 2020, §4.3, Fig. 6)
     assert torch.allclose(f["frames"][:, -2], f["frames"][:, -1])
     assert f["grid"].shape == (2 + 2 * (8 + 2), 2 + 4 * (8 + 2), 1) and f["grid"].dtype == np.uint8
 
@@ -61,3 +61,23 @@ def test_cli_figures(tmp_path, capsys):
     assert np.allclose(rows[0, 2], (200 / 127.5 - 1) / 2 + (-1) / 2, atol=1e-6)  # λ = 0.5 pixel mix at t = 0
     assert main(["figure", "interpolate", "--ckpt", str(ck), "--images", str(tmp_path / "missing.png"),
                  str(tmp_path / "b.png"), "--out", str(tmp_path / "x.png")]) == 2
+
+
+def test_cli_figure_with_another_sampler(tmp_path, capsys):
+    """`ddpm figure progressive --sampler ddim --steps K` equals progressive_figure with that sampler."""
+    from ddpm.checkpoint import load_checkpoint
+    from ddpm.cli import main
+    from ddpm.config import SamplerConfig
+    from ddpm.evaluate.figures import progressive_figure
+
+    ck = save_tiny_checkpoint(tmp_path / "ck")
+    assert main(["figure", "progressive", "--ckpt", str(ck), "--out", str(tmp_path / "p.png"), "--chains", "2",
+                 "--frames", "3", "--npz", str(tmp_path / "p.npz"), "--device", "cpu", "--sampler", "ddim",
+                 "--steps", "3"]) == 0
+    loaded = load_checkpoint(ck, device="cpu")
+    want = progressive_figure(loaded.model, loaded.diffusion, num_chains=2, num_frames=3, seed=0,
+                              sampler=SamplerConfig(sampler="ddim", steps=3))
+    assert np.array_equal(np.load(tmp_path / "p.npz")["frames"], want["frames"].numpy())
+    plain = progressive_figure(loaded.model, loaded.diffusion, num_chains=2, num_frames=3, seed=0)
+    assert not np.array_equal(want["frames"].numpy(), plain["frames"].numpy())
+    capsys.readouterr()

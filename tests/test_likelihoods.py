@@ -1,4 +1,4 @@
-"""Gaussian KL, the tanh CDF and the discretized decoder (spec §3.1–3.2)."""
+"""Gaussian KL, the tanh CDF and the discretized decoder (Ho et al. 2020, Eq. 5 and 13)."""
 
 import math
 

@@ -1,4 +1,4 @@
-"""Timestep respacing (improved DDPM's respace.py, spec §8.4) and the K-of-T step choices."""
+"""Timestep respacing (Nichol & Dhariwal 2021, §4 and their respace.py) and the K-of-T step choices."""
 
 import numpy as np
 import pytest
@@ -19,7 +19,7 @@ def test_space_timesteps_golden_values():
     s = space_timesteps(1000, "250")
     assert len(s) == 250
     assert s[:5] == [0, 4, 8, 12, 16] and s[-3:] == [991, 995, 999]
-    assert s == sorted({round(k * 999 / 249) for k in range(250)})  # ≈ round(k·999/249), spec §8.4
+    assert s == sorted({round(k * 999 / 249) for k in range(250)})  # ≈ round(k·999/249), as improved DDPM's space_timesteps
     s = space_timesteps(4000, "100")
     assert len(s) == 100 and s[:4] == [0, 40, 81, 121] and s[-1] == 3999
     assert space_timesteps(1000, "ddim50") == list(range(0, 1000, 20))

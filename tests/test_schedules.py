@@ -1,4 +1,4 @@
-"""β schedules and derived tables against the reference numbers of spec §1.3 and §8.1."""
+"""β schedules and derived tables against numbers computed from Ho et al. 2020 §4's linear schedule and Nichol & Dhariwal 2021 Eq. 17."""
 
 import math
 

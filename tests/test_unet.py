@@ -20,12 +20,19 @@ def meta_count(cfg: UNetConfig) -> int:
 @pytest.mark.parametrize(
     "name, overrides, expected",
     [
-        ("cifar10", {}, 35_746_307),  # spec §5.4 / run_training's "num params"
+        ("cifar10", {}, 35_746_307),  # Ho et al. 2020 App. B (35.7M) / the authors' run_training "num params"
         ("cifar10", {"out_channels": 6}, 35_749_766),
         ("celebahq256", {}, 113_673_219),
         ("lsun256", {}, 113_673_219),
         ("lsun-bedroom-large", {}, 255_677_955),
         ("tiny", {}, 703_366),  # official_unet_tiny_params.txt
+        # this project's presets (not the paper's): golden counts of the documented table (docs/network.md)
+        ("small", {}, 2_245_763),
+        ("digits", {}, 1_114_209),  # the shipped src/ddpm/assets/digits
+        ("digits-tiny", {}, 162_177),
+        ("cifar10-cond", {}, 35_751_939),
+        ("improved-cifar10", {}, 49_066_246),
+        ("repro-tiny", {}, 701_345),
     ],
 )
 def test_paper_parameter_counts(name, overrides, expected):
@@ -46,7 +53,7 @@ def test_cifar10_breakdown_matches_spec():
     assert sum(n(lv.upsample) for lv in m.up if lv.upsample is not None) == 1_770_240
     assert sum(n(lv.attn) for lv in m.up) == 791_040
     assert n(m.norm_out) + n(m.conv_out) == 3_715
-    # 22 residual blocks and 6 attention blocks (spec §5.3).
+    # 22 residual blocks and 6 attention blocks (Ho et al. 2020, App. B).
     names = [k for k, _ in m.named_modules()]
     assert sum(k.endswith("conv2") for k in names) == 22
     assert sum(k.endswith("proj_out") for k in names) == 6
@@ -75,7 +82,7 @@ def test_timestep_embedding_golden_values():
     assert emb.dtype == torch.float32 and emb.shape == (3, 128)
     # t = 0: sin(0) = 0 in the first half, cos(0) = 1 in the second (sin first).
     assert torch.equal(emb[0, :64], torch.zeros(64)) and torch.equal(emb[0, 64:], torch.ones(64))
-    # Frequencies exp(-j ln(1e4) / 63): j = 1 -> 0.1461959... (spec §5.2); the last one is 1e-4.
+    # Frequencies exp(-j ln(1e4) / 63): j = 1 -> 0.1461959... (the authors' nn.get_timestep_embedding); the last one is 1e-4.
     f1 = math.exp(-math.log(1e4) / 63)
     assert emb[1, 1].item() == pytest.approx(math.sin(f1), abs=1e-7)
     assert emb[1, 64 + 1].item() == pytest.approx(math.cos(f1), abs=1e-7)

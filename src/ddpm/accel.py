@@ -7,31 +7,21 @@ precision are switches: bf16 autocast (fp32 master weights), TF32 matmuls in fp3
 
 Each helper degrades to the plain path where the hardware cannot do better (CPU, pre-Ampere GPUs),
 so callers can pass the same flags everywhere. ``tests/test_fast_path.py`` checks that each fast path
-computes the same function as the plain one; ``benchmarks/bench.py`` measures what they buy.
+computes the same function as the plain one; ``benchmarks/bench.py`` measures what they buy (the
+FLOP counting and peak figures it needs live in ``benchmarks/measure.py``).
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
-import time
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
 import torch
 from torch import nn
 
 from ddpm.config import PRECISIONS
 from ddpm.errors import ConfigError
-
-
-# Dense (no 2:4 sparsity) datasheet peaks in FLOP/s, keyed by a substring of the device name.
-# Sources: NVIDIA H100/H200 SXM, A100 SXM and L4 datasheets.
-DATASHEET_PEAK_FLOPS: dict[str, dict[str, float]] = {
-    "H200": {"bf16": 989.4e12, "tf32": 494.7e12, "fp32": 66.9e12},
-    "H100": {"bf16": 989.4e12, "tf32": 494.7e12, "fp32": 66.9e12},
-    "A100": {"bf16": 312e12, "tf32": 156e12, "fp32": 19.5e12},
-    "L4": {"bf16": 121e12, "tf32": 60e12, "fp32": 30.3e12},
-}
 
 
 @dataclasses.dataclass
@@ -105,7 +95,7 @@ def optimizer_kwargs(device: torch.device | str) -> dict[str, bool]:
     temporaries) on CUDA and CPU, foreach (multi-tensor) elsewhere.
 
     On CPU the fused step matters: foreach Adam allocates several parameter-sized temporaries per
-    step, and for the 35.7M-parameter net that costs ~2.4x the fused step's CPU time.
+    step (BENCHMARKS.md has the measured cost for the CIFAR-10 net).
     """
     return {"fused": True} if torch.device(device).type in ("cuda", "cpu") else {"foreach": True}
 
@@ -207,63 +197,22 @@ class _Autocast:
         return out.float()
 
 
-# --------------------------------------------------------------------------- measurement helpers
+def resolve_device(device: "str | torch.device | None" = None) -> torch.device:
+    """The device a user names: ``cpu``, ``cuda`` or ``cuda:N``; None means CUDA when available.
 
-
-def synchronize(device: torch.device | str) -> None:
-    """Wait for queued kernels (CUDA); a no-op on CPU. Use only around timed regions."""
-    if torch.device(device).type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def count_flops(fn: Callable[[], Any]) -> int:
-    """FLOPs of one call of ``fn()`` by PyTorch's FLOP counter (matmuls/convs/SDPA; 2 per MAC)."""
-    from torch.utils.flop_counter import FlopCounterMode
-
-    with FlopCounterMode(display=False) as counter:
-        fn()
-    return int(counter.get_total_flops())
-
-
-def measure_matmul_flops(device: torch.device | str, dtype: torch.dtype = torch.float32,
-                         n: int | None = None, repeats: int = 5) -> float:
-    """Best achieved FLOP/s of a square matmul over ``repeats``: a practical peak where no datasheet
-    figure applies (CPU). The best, not the median, so that a busy machine lowers it less."""
-    device = torch.device(device)
-    n = n or (8192 if device.type == "cuda" else 2048)
-    a = torch.randn(n, n, device=device, dtype=dtype)
-    b = torch.randn(n, n, device=device, dtype=dtype)
-    a @ b
-    synchronize(device)
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        a @ b
-        synchronize(device)
-        times.append(time.perf_counter() - start)
-    return 2.0 * n**3 / min(times)
-
-
-def datasheet_peak_flops(device: torch.device | str, precision: str, tf32: bool = True) -> float | None:
-    """Dense datasheet peak for a known GPU and precision (``fp32`` with ``tf32`` uses the TF32 peak)."""
-    device = torch.device(device)
-    if device.type != "cuda" or not torch.cuda.is_available():
-        return None
-    name = torch.cuda.get_device_name(device)
-    key = precision if precision == "bf16" else ("tf32" if tf32 else "fp32")
-    for gpu, peaks in DATASHEET_PEAK_FLOPS.items():
-        if gpu in name:
-            return peaks[key]
-    return None
-
-
-@contextlib.contextmanager
-def num_threads(n: int | None) -> Iterator[None]:
-    """Temporarily set torch's intra-op thread count (``None`` leaves it alone)."""
-    old = torch.get_num_threads()
-    if n:
-        torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(old)
+    The one place the CLI, the evaluation inputs and the DDP setup turn ``--device`` into a device,
+    so every command rejects a bad name or a missing GPU with the same message.
+    """
+    if device is None or device == "":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if isinstance(device, torch.device):
+        return device
+    kind, _, index = str(device).partition(":")
+    if kind not in ("cpu", "cuda") or (index and not index.isdigit()) or (kind == "cpu" and index):
+        raise ConfigError(f"--device must be cpu, cuda or cuda:N, got {device!r}")
+    if kind == "cuda":
+        if not torch.cuda.is_available():
+            raise ConfigError(f"--device {device}: no CUDA GPU is available; use --device cpu")
+        if index and int(index) >= torch.cuda.device_count():
+            raise ConfigError(f"--device {device}: this machine has {torch.cuda.device_count()} GPU(s)")
+    return torch.device(device)

@@ -2,7 +2,7 @@
 parameterisations, training losses, the variational bound in bits/dim, and ancestral sampling.
 
 A port of the authors' ``diffusion_utils_2.py::GaussianDiffusion2`` (option names and constants kept)
-with improved DDPM's ``learned_range`` variance and ``hybrid`` loss (spec §8.2–8.3). It knows nothing
+with improved DDPM's ``learned_range`` variance and ``hybrid`` loss (Nichol & Dhariwal 2021, §3.1, Eq. 15–16). It knows nothing
 about the network: ``model`` is any callable ``model(x_t, t, **model_kwargs)`` returning a tensor
 shaped like ``x_t`` (twice the channels for learned variances: mean part first, variance part second).
 
@@ -358,7 +358,7 @@ class GaussianDiffusion:
         generator: torch.Generator | None = None,
         progress: bool = False,
     ) -> dict[str, torch.Tensor]:
-        """The full variational bound of x0 in bits/dim, one fresh x_t per timestep (spec §3.4).
+        """The full variational bound of x0 in bits/dim, one fresh x_t per timestep (Ho et al. 2020, Eq. 5).
 
         ``noise``: a (T, B, ...) tensor whose ``noise[t]`` draws x_t, a callable ``t -> (B, ...)``
         tensor, or a ``torch.Generator`` (same as passing ``generator``); default: fresh normal draws.
@@ -372,7 +372,7 @@ class GaussianDiffusion:
         terms, mses, eps_mses = [None] * T, [None] * T, [None] * T
         for i in _progress(range(T - 1, -1, -1), progress, "bpd"):
             t = torch.full((x0.shape[0],), i, dtype=torch.long, device=x0.device)
-            eps = _noise_at(noise, i, x0, generator)
+            eps = noise_at(noise, i, x0, generator)
             x_t = self.q_sample(x0, t, noise=eps)
             out = self.vb_terms_bpd(model, x0, x_t, t, clip_denoised=clip_denoised, model_kwargs=model_kwargs)
             terms[i] = out["output"]
@@ -456,7 +456,7 @@ class GaussianDiffusion:
         zero = x.new_zeros(())
         for i in _progress(range(t_start, -1, -1), progress, "sampling"):
             t = torch.full((batch,), i, dtype=torch.long, device=x.device)
-            z = zero if i == 0 else _noise_at(step_noise, i, x, generator)
+            z = zero if i == 0 else noise_at(step_noise, i, x, generator)
             with torch.no_grad():
                 out = self.p_sample(
                     model, x, t, noise=z, clip_denoised=clip_denoised, model_kwargs=model_kwargs,
@@ -523,7 +523,7 @@ def randn_like(x: torch.Tensor, generator: torch.Generator | None = None) -> tor
     return randn(x.shape, generator, x.device, dtype).to(x.dtype)
 
 
-def _noise_at(noise, i: int, like: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+def noise_at(noise, i: int, like: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
     """Noise for code step ``i``: ``noise[i]`` of a tensor, ``noise(i)`` of a callable, else a draw."""
     if noise is None:
         return randn_like(like, generator)

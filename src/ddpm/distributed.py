@@ -42,10 +42,10 @@ def setup(device: str | torch.device | None = None) -> tuple[DistInfo, torch.dev
 
     NCCL when the device is CUDA, gloo otherwise. Each rank uses cuda:LOCAL_RANK.
     """
+    from ddpm.accel import resolve_device
+
     info = env_info()
-    if device is None:
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    device = torch.device(device)
+    device = resolve_device(device)
     if device.type == "cuda":
         device = torch.device("cuda", info.local_rank if info.enabled else (device.index or 0))
         torch.cuda.set_device(device)

@@ -19,7 +19,7 @@ def to_uint8(x: torch.Tensor) -> np.ndarray:
 
 
 def from_uint8(a: np.ndarray) -> torch.Tensor:
-    """uint8 NHWC (or NHW) array -> float32 NCHW tensor in [-1, 1] (x / 127.5 - 1, spec §6.1)."""
+    """uint8 NHWC (or NHW) array -> float32 NCHW tensor in [-1, 1] (x / 127.5 - 1, Ho et al. 2020, §3.3)."""
     if a.ndim == 3:
         a = a[..., None]
     return torch.from_numpy(np.ascontiguousarray(a)).permute(0, 3, 1, 2).float() / 127.5 - 1.0

@@ -1,4 +1,4 @@
-"""Pure likelihood functions: Gaussian KL, the discretized Gaussian decoder, bits/dim (spec §3).
+"""Pure likelihood functions: Gaussian KL, the discretized Gaussian decoder, bits/dim (Ho et al. 2020, Eq. 5 and 13).
 
 All functions are elementwise in nats unless their name says otherwise; ``mean_flat`` followed by a
 division by ln 2 turns them into the bits/dim the paper reports.
@@ -51,7 +51,7 @@ def discretized_gaussian_log_likelihood(
     x: torch.Tensor, *, means: torch.Tensor, log_scales: torch.Tensor
 ) -> torch.Tensor:
     """log p(x) in nats, elementwise, of data ``x`` in [-1, 1] (256 levels) under a Gaussian
-    N(means, exp(log_scales)²) integrated over each level's bin (paper eq. 13, spec §3.2).
+    N(means, exp(log_scales)²) integrated over each level's bin (Ho et al. 2020, Eq. 13).
 
     ``log_scales`` is the log standard deviation (half the log-variance). The outer bins are open
     (x < -0.999 integrates from -∞, x > 0.999 to +∞), and every probability is floored at 1e-12

@@ -1,5 +1,5 @@
 """``ddpm repro``: each table and figure of the paper as a recipe over train / evaluate / figures, with a
-Markdown report that puts the paper's numbers (spec §7) beside ours.
+Markdown report that puts the paper's numbers (Ho et al. 2020, Tables 1–2 and §4) beside ours.
 
 Scales:
 - ``paper``: the paper's setting (CIFAR-10 preset for Tables 1, 2, 4 and Fig. 5, 6; CelebA-HQ 256 for
@@ -127,9 +127,9 @@ class Repro:
     def model(self, variant: str = "eps-mse"):
         """The trained model of ``variant`` (trained into OUT/runs/VARIANT unless --ckpt)."""
         from ddpm.checkpoint import latest_checkpoint, load_checkpoint
-        from ddpm.evaluate.inputs import default_device
+        from ddpm.accel import resolve_device
 
-        device = default_device(self.device)
+        device = resolve_device(self.device)
         if self.ckpt:
             return load_checkpoint(self.ckpt, device=device)
         cfg = variant_config(self.base_config(), variant)
@@ -153,10 +153,10 @@ class Repro:
         """The Inception network, or None (with a note) when its weights are not available."""
         if self._net is None:
             from ddpm.evaluate.inception import load_inception
-            from ddpm.evaluate.inputs import default_device
+            from ddpm.accel import resolve_device
 
             try:
-                self._net = load_inception(self.inception, device=default_device(self.device),
+                self._net = load_inception(self.inception, device=resolve_device(self.device),
                                            download=self.scale.name == "paper")
             except UserError as e:
                 self._net = False

@@ -8,10 +8,10 @@ See ``docs/network.md``.
 from __future__ import annotations
 
 import argparse
+from dataclasses import replace
 from pathlib import Path
 
-from dataclasses import replace
-
+from ddpm.cli import common
 from ddpm.config import Config, DiffusionConfig
 from ddpm.errors import CheckpointError
 
@@ -27,7 +27,7 @@ def add_parser(subparsers) -> None:
     q.add_argument("out", help="checkpoint directory to write")
     q.add_argument("--preset", help="experiment preset the weights belong to (cifar10, celebahq256, lsun-church, ...); "
                                     "sets the network, the diffusion settings and the data resolution")
-    q.add_argument("--resolution", type=int, help="image size, when no --preset is given (the architecture is "
+    q.add_argument("--resolution", type=common.positive_int, help="image size, when no --preset is given (the architecture is "
                                                   "read off the variables)")
     q.add_argument("--var-type", choices=("fixedlarge", "fixedsmall", "learned", "learned_range"),
                    help="variance (default: the preset's; without a preset fixedlarge, or learned when the "

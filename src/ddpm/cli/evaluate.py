@@ -6,10 +6,11 @@ Thin layer over :mod:`ddpm.evaluate`; see ``docs/evaluation.md`` for the protoco
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 from pathlib import Path
 
-from ddpm.cli.sample import add_speed_args, fast_path_from_args
+from ddpm.cli import common
 
 PAPER_SAMPLES = 50_000
 
@@ -25,16 +26,16 @@ def add_parser(subparsers) -> None:
         q.add_argument("--data", help="dataset name (digits, cifar10, mnist), image folder or .npz "
                                       "(default: the checkpoint's training data)")
         q.add_argument("--split", default="test", choices=("train", "test"), help="default: test")
-        q.add_argument("--num", "--num-images", dest="num", type=int,
+        q.add_argument("--num", "--num-images", dest="num", type=common.positive_int,
                        help="evaluate a fixed subset of this many images (default: all); under torchrun "
                             "spell it --num-images (torchrun takes --num for its own --numa-binding)")
-        q.add_argument("--batch-size", type=int, default=64)
+        q.add_argument("--batch-size", type=common.positive_int, default=64)
         q.add_argument("--out", default="eval", help="output directory (default ./eval); finished chunks "
                                                      "are kept in OUT/bpd_chunks and skipped on rerun")
-        q.add_argument("--seed", type=int, default=0)
-        q.add_argument("--device", help="cpu, cuda, cuda:1 … (default: cuda if available)")
+        q.add_argument("--seed", type=common.non_negative_int, default=0)
         q.add_argument("--raw", action="store_true", help="use the raw instead of the EMA weights")
         q.add_argument("--no-clip", action="store_true", help="do not clip x̂0 to [-1, 1] (the authors clip)")
+        common.add_runtime_args(q, progress=False)
         q.add_argument("--labels", action="store_true",
                        help="condition a class-conditional model on the true labels (default: null label)")
 
@@ -49,23 +50,25 @@ def add_parser(subparsers) -> None:
         src = q.add_mutually_exclusive_group(required=True)
         src.add_argument("--samples", help="folder of PNGs or .npz (arr_0: uint8 NHWC) of generated images")
         src.add_argument("--ckpt", help="generate --num samples from this checkpoint first")
-        q.add_argument("--num", type=int, default=PAPER_SAMPLES, help="samples to generate/use (paper: 50000)")
-        q.add_argument("--batch-size", type=int, default=256, help="sampling batch size")
-        q.add_argument("--sampler", default="ddpm", choices=("ddpm", "ddim"))
-        q.add_argument("--steps", type=int, help="sampling steps (default: all T)")
-        q.add_argument("--seed", type=int, default=0)
+        q.add_argument("--num", type=common.positive_int, default=PAPER_SAMPLES,
+                       help="samples to generate/use (paper: 50000)")
+        q.add_argument("--batch-size", type=common.positive_int, default=256, help="sampling batch size")
+        q.add_argument("--seed", type=common.non_negative_int, default=0)
+        q.add_argument("--raw", action="store_true", help="sample with the raw instead of the EMA weights")
         q.add_argument("--save-samples", help="also write the generated samples to this .npz")
-        q.add_argument("--device", help="cpu, cuda, … (default: cuda if available)")
+        common.add_sampler_args(q)
+        common.add_runtime_args(q, progress=False)
         q.add_argument("--inception", help="path to pt_inception-2015-12-05-6726825d.pth "
                                            "(else $DDPM_INCEPTION_WEIGHTS, else ~/.cache/ddpm, downloading)")
-        q.add_argument("--splits", type=int, default=10, help="IS splits (default 10, as OpenAI's code)")
+        q.add_argument("--splits", type=common.positive_int, default=10,
+                       help="IS splits (default 10, as OpenAI's code)")
         q.add_argument("--json", help="write the scores to this JSON file")
-        add_speed_args(q)
+        common.add_speed_args(q)
         if fid:
             q.add_argument("--ref", help="reference: stats .npz (mu, sigma), image folder/.npz, or a dataset "
                                          "name (default: the checkpoint's dataset)")
             q.add_argument("--ref-split", default="train", help="dataset split of the reference (paper: train)")
-            q.add_argument("--ref-num", type=int, help="reference images to use (default: all)")
+            q.add_argument("--ref-num", type=common.positive_int, help="reference images to use (default: all)")
             q.add_argument("--save-ref-stats", help="write the reference statistics to this .npz")
 
     q = sub.add_parser("fid", help="Fréchet Inception Distance (and IS from the same pass)")
@@ -78,23 +81,24 @@ def add_parser(subparsers) -> None:
     q = sub.add_parser("fid-stats", help="compute reference statistics (mu, sigma) of a dataset")
     q.add_argument("--data", required=True, help="dataset name, image folder or .npz of images")
     q.add_argument("--split", default="train")
-    q.add_argument("--num", type=int, help="images to use (default: all)")
-    q.add_argument("--resolution", type=int, default=32, help="resolution for dataset names (default 32)")
+    q.add_argument("--num", type=common.positive_int, help="images to use (default: all)")
+    q.add_argument("--resolution", type=common.positive_int, default=32,
+                   help="resolution for dataset names (default 32)")
     q.add_argument("--channels", type=int, default=3, choices=(1, 3))
     q.add_argument("--out", required=True, help="output .npz")
     q.add_argument("--inception")
-    q.add_argument("--device")
+    common.add_runtime_args(q, progress=False)
     q.set_defaults(func=run_fid_stats)
 
 
 # ------------------------------------------------------------------------------------------ bpd
 def _bpd(args):
-    from ddpm.evaluate.inputs import default_device, eval_images
-    from ddpm.evaluate.likelihood import evaluate_bpd
     from ddpm import distributed
     from ddpm.checkpoint import load_checkpoint
+    from ddpm.evaluate.inputs import eval_images
+    from ddpm.evaluate.likelihood import evaluate_bpd
 
-    info, device = distributed.setup(default_device(args.device))
+    info, device = distributed.setup(common.setup_runtime(args))
     ck = load_checkpoint(args.ckpt, use_ema=not args.raw, device=device)
     x, labels, name = eval_images(args.data, ck.config, split=args.split, num=args.num)
     meta = {"checkpoint": str(Path(ck.path).resolve()) if ck.path else str(args.ckpt), "step": ck.step,
@@ -151,38 +155,48 @@ def _generated(args, device):
     from ddpm.evaluate.fid import load_images
 
     if args.samples:
-        return load_images(args.samples, args.num), None, True
-    from ddpm.images import save_npz, to_uint8
-    from ddpm.sampling.api import generate
+        return load_images(args.samples, args.num), None, True, None
     from ddpm import distributed
     from ddpm.checkpoint import load_checkpoint
+    from ddpm.images import save_npz, to_uint8
+    from ddpm.sampling.api import generate
 
     info, device = distributed.setup(device)
-    ck = load_checkpoint(args.ckpt, device=device)
-    x = generate(ck.model, ck.diffusion, args.num, batch_size=args.batch_size, sampler=args.sampler,
-                 steps=args.steps, seed=args.seed, device=device, progress=info.is_main,
-                 rank=info.rank, world_size=info.world_size, fast=fast_path_from_args(args, device))
+    ck = load_checkpoint(args.ckpt, use_ema=not args.raw, device=device)
+    labels = common.class_labels_from_args(args, ck.config.model.num_classes, args.num)
+    sampler = common.sampler_config_from_args(args, ck.config.sampling)
+    x = generate(ck.model, ck.diffusion, args.num, batch_size=args.batch_size, sampler=sampler,
+                 class_labels=labels, seed=args.seed, device=device, progress=info.is_main,
+                 rank=info.rank, world_size=info.world_size, fast=common.fast_path_from_args(args, device))
     x = distributed.gather_shards(x, info)
     distributed.cleanup()
     if not info.is_main:
-        return None, ck, False
+        return None, ck, False, None
     if args.save_samples:
         save_npz(x, args.save_samples)
-    return to_uint8(x), ck, True
+    used = {"sampler": dataclasses.asdict(sampler), "class": args.class_label, "seed": args.seed,
+            "weights": ck.weights, "step": ck.step}
+    return to_uint8(x), ck, True, used
+
+
+def _sampler_flags_given(args) -> bool:
+    names = ("sampler", "steps", "spacing", "eta", "guidance", "clip_denoised", "class_label")
+    return any(getattr(args, n, None) is not None for n in names) or bool(args.sampler_options)
 
 
 def run_quality(args: argparse.Namespace) -> int:
+    from ddpm.errors import UserError
     from ddpm.evaluate.fid import reference_statistics, score_images
     from ddpm.evaluate.inception import load_inception
-    from ddpm.evaluate.inputs import default_device
-    from ddpm.errors import UserError
 
-    device = default_device(args.device)
+    device = common.setup_runtime(args)
+    if args.samples and _sampler_flags_given(args):
+        raise UserError("sampler options apply to --ckpt (generating samples), not to --samples")
     want_fid = args.want_fid
     if want_fid and not args.ref and not args.ckpt:
         raise UserError("--ref is needed with --samples: a stats .npz, an image folder/.npz or a dataset name")
     net = load_inception(args.inception, device=device)  # fail on missing weights before sampling
-    images, ck, main = _generated(args, device)
+    images, ck, main, used = _generated(args, device)
     if not main:
         return 0
     ref = None
@@ -212,16 +226,15 @@ def run_quality(args: argparse.Namespace) -> int:
         raise UserError(f"IS needs at least {args.splits} samples for {args.splits} splits, got {n}")
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps({**scores, "reference": ref_desc or None}, indent=2) + "\n")
+        Path(args.json).write_text(json.dumps({**scores, "reference": ref_desc or None, "generated": used}, indent=2) + "\n")
     return 0
 
 
 def run_fid_stats(args: argparse.Namespace) -> int:
     from ddpm.evaluate.fid import reference_statistics
     from ddpm.evaluate.inception import load_inception
-    from ddpm.evaluate.inputs import default_device
 
-    device = default_device(args.device)
+    device = common.setup_runtime(args)
     net = load_inception(args.inception, device=device)
     stats = reference_statistics(net, args.data, num=args.num, split=args.split, resolution=args.resolution,
                                  channels=args.channels, device=device, progress=True)

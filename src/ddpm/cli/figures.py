@@ -8,6 +8,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ddpm.cli import common
+
 
 def _ints(text: str) -> list[int]:
     try:
@@ -22,46 +24,48 @@ def add_parser(subparsers) -> None:
     sub = p.add_subparsers(dest="figure", metavar="FIGURE", parser_class=type(p))
     sub.required = True
 
-    def common(q, default_out: str):
+    def shared_args(q, default_out: str):
         q.add_argument("--ckpt", required=True, help="run dir, checkpoint dir, .safetensors or diffusers folder")
         q.add_argument("--out", default=default_out, help=f"output PNG (default {default_out})")
         q.add_argument("--npz", help="also save the raw arrays to this .npz")
-        q.add_argument("--seed", type=int, default=0)
-        q.add_argument("--device", help="cpu, cuda, … (default: cuda if available)")
+        q.add_argument("--seed", type=common.non_negative_int, default=0)
         q.add_argument("--raw", action="store_true", help="use the raw instead of the EMA weights")
+        common.add_sampler_args(q, classes=False)
+        common.add_runtime_args(q, progress=False)
 
     q = sub.add_parser("progressive", help="x̂0 predicted along sampling chains (Fig. 6)")
-    common(q, "progressive.png")
-    q.add_argument("--chains", type=int, default=4, help="rows: independent chains (default 4)")
-    q.add_argument("--frames", type=int, default=10, help="x̂0 snapshots per chain, every T/frames steps")
+    shared_args(q, "progressive.png")
+    q.add_argument("--chains", type=common.positive_int, default=4, help="rows: independent chains (default 4)")
+    q.add_argument("--frames", type=common.positive_int, default=10, help="x̂0 snapshots per chain, every T/frames steps")
     q.set_defaults(func=run_progressive)
 
     q = sub.add_parser("shared", help="samples sharing x_T … x_t, branching at t (Fig. 7)")
-    common(q, "shared_latent.png")
+    shared_args(q, "shared_latent.png")
     q.add_argument("--branch-at", type=_ints, help="comma list of t (paper indices, T = x_T only; "
                                                    "default T, 3T/4, T/2, T/4)")
-    q.add_argument("--samples", type=int, default=4, help="samples per row (default 4)")
+    q.add_argument("--samples", type=common.positive_int, default=4, help="samples per row (default 4)")
     q.set_defaults(func=run_shared)
 
     q = sub.add_parser("interpolate", help="interpolation in x_t, swept over t (Fig. 8/9)")
-    common(q, "interpolation.png")
+    shared_args(q, "interpolation.png")
     q.add_argument("--images", nargs=2, metavar=("A", "B"), help="two image files (default: from --data)")
     q.add_argument("--data", help="dataset name/folder/.npz to take the two images from "
                                   "(default: the checkpoint's training data)")
     q.add_argument("--split", default="test")
-    q.add_argument("--index", type=int, nargs=2, default=(0, 1), metavar=("I", "J"),
+    q.add_argument("--index", type=common.non_negative_int, nargs=2, default=(0, 1), metavar=("I", "J"),
                    help="indices of the two images in --data (default 0 1)")
     q.add_argument("--t", type=_ints, help="comma list of diffusion steps, one row each (default 0, T/8, …, T; "
                                           "Fig. 8 is --t 500)")
-    q.add_argument("--lambdas", type=int, default=9, help="interior λ values per row (default 9: 0.1 … 0.9)")
+    q.add_argument("--lambdas", type=common.positive_int, default=9, help="interior λ values per row (default 9: 0.1 … 0.9)")
     q.set_defaults(func=run_interpolate)
 
 
 def _load(args):
-    from ddpm.evaluate.inputs import default_device
+    """(the checkpoint, the sampler the flags ask for on top of its default)."""
     from ddpm.checkpoint import load_checkpoint
 
-    return load_checkpoint(args.ckpt, use_ema=not args.raw, device=default_device(args.device))
+    ck = load_checkpoint(args.ckpt, use_ema=not args.raw, device=common.setup_runtime(args))
+    return ck, common.sampler_config_from_args(args, ck.config.sampling)
 
 
 def _write(args, grid: np.ndarray, arrays: dict) -> None:
@@ -78,9 +82,9 @@ def _write(args, grid: np.ndarray, arrays: dict) -> None:
 def run_progressive(args: argparse.Namespace) -> int:
     from ddpm.evaluate.figures import progressive_figure
 
-    ck = _load(args)
+    ck, sampler = _load(args)
     f = progressive_figure(ck.model, ck.diffusion, num_chains=args.chains, num_frames=args.frames,
-                           seed=args.seed, progress=True)
+                           seed=args.seed, progress=True, sampler=sampler)
     print("columns (paper t of the x̂0 input; 0 = final sample):", " ".join(map(str, f["frames_t"])))
     _write(args, f["grid"], {"frames": f["frames"].numpy(), "frames_t": f["frames_t"]})
     return 0
@@ -89,9 +93,9 @@ def run_progressive(args: argparse.Namespace) -> int:
 def run_shared(args: argparse.Namespace) -> int:
     from ddpm.evaluate.figures import shared_latent_figure
 
-    ck = _load(args)
+    ck, sampler = _load(args)
     f = shared_latent_figure(ck.model, ck.diffusion, share_until=args.branch_at, num_samples=args.samples,
-                             seed=args.seed, progress=True)
+                             seed=args.seed, progress=True, sampler=sampler)
     print("rows branch at t =", " ".join(map(str, f["share_until"])), "(first column: the shared x_t)")
     _write(args, f["grid"], {"samples": f["samples"].numpy(), "latents": f["latents"].numpy(),
                              "share_until": f["share_until"]})
@@ -127,9 +131,9 @@ def _two_images(args, ck):
 def run_interpolate(args: argparse.Namespace) -> int:
     from ddpm.evaluate.figures import interpolation_figure
 
-    ck = _load(args)
+    ck, sampler = _load(args)
     a, b = _two_images(args, ck)
-    f = interpolation_figure(ck.model, ck.diffusion, a, b, ts=args.t, num_lambdas=args.lambdas, seed=args.seed)
+    f = interpolation_figure(ck.model, ck.diffusion, a, b, ts=args.t, num_lambdas=args.lambdas, seed=args.seed, sampler=sampler)
     print("rows: t =", " ".join(map(str, f["ts"])), "| columns: source, rec., λ =",
           " ".join(f"{v:.2f}" for v in f["lambdas"].tolist()), ", rec., source")
     _write(args, f["grid"], {"rows": f["rows"].numpy(), "ts": f["ts"], "lambdas": f["lambdas"].numpy()})

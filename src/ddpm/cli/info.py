@@ -1,18 +1,26 @@
-"""`ddpm info PATH`: what a checkpoint or run is — preset, step, network, weights, files."""
+"""`ddpm info PATH` / `ddpm info --preset NAME`: what a checkpoint, a run or a preset is — network
+(described by its architecture), parameter count, diffusion, sampler, training and data settings.
+
+A preset's network is built on the meta device to count its parameters, so even the largest is
+instant and allocates nothing."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
-from ddpm.errors import CheckpointError
+from ddpm.errors import CheckpointError, ConfigError
 
 
 def add_parser(subparsers) -> None:
-    p = subparsers.add_parser("info", help="describe a checkpoint or run directory",
+    from ddpm.presets import PRESETS
+
+    p = subparsers.add_parser("info", help="describe a checkpoint, run directory or preset",
                               description="Show preset, step, parameter count, weights and files of a "
-                                          "run dir, checkpoint dir, .safetensors file or diffusers folder.")
-    p.add_argument("path", help="run dir, checkpoint dir, .safetensors file or diffusers folder")
+                                          "run dir, checkpoint dir, .safetensors file or diffusers folder, "
+                                          "or (--preset) what a preset would train.")
+    p.add_argument("path", nargs="?", help="run dir, checkpoint dir, .safetensors file or diffusers folder")
+    p.add_argument("--preset", help=f"describe a preset instead: {', '.join(PRESETS)}")
     p.add_argument("--json", action="store_true", help="print the full config as JSON instead")
     p.set_defaults(func=run)
 
@@ -73,23 +81,36 @@ def describe(path: str | Path) -> tuple[list[str], dict]:
     return lines + _config_lines(cfg), cfg.to_dict()
 
 
+def describe_preset(name: str) -> tuple[list[str], dict]:
+    """Lines describing preset ``name`` (parameters counted on the meta device) and its config dict."""
+    from ddpm.models.registry import count_parameters
+    from ddpm.presets import get_preset
+
+    cfg = get_preset(name)
+    lines = [f"preset:      {name}", f"parameters:  {count_parameters(cfg.model):,}"]
+    return lines + _config_lines(cfg), cfg.to_dict()
+
+
 def _config_lines(cfg) -> list[str]:
-    m, d, t, data = cfg.model, cfg.diffusion, cfg.train, cfg.data
-    cond = f", {m.num_classes} classes (+ null label)" if m.num_classes else ", unconditional"
+    d, t, data, s = cfg.diffusion, cfg.train, cfg.data, cfg.sampling
+    options = "".join(f", {k} {v}" for k, v in sorted((s.options or {}).items()))
     return [
-        f"network:     UNet {m.in_channels}x{m.resolution}x{m.resolution}, ch {m.ch}, ch_mult {tuple(m.ch_mult)}, "
-        f"{m.num_res_blocks} res blocks, attention at {tuple(m.attn_resolutions)}, dropout {m.dropout}{cond}",
+        f"network:     {cfg.model.arch}: {cfg.model.describe()}",
         f"diffusion:   {d.schedule} betas {d.beta_start:g}..{d.beta_end:g}, T={d.num_timesteps}, "
         f"mean {d.mean_type}, variance {d.var_type}, loss {d.loss_type}",
         f"training:    lr {t.lr:g} (warm-up {t.warmup}), batch {t.batch_size}, EMA {t.ema_decay}, "
         f"{t.steps:,} steps, flips {'on' if t.random_flip else 'off'}, t-sampler {t.timestep_sampler}",
+        f"sampling:    {s.sampler}, {s.steps or 'all'} steps{', ' + s.spacing + ' spacing' if s.spacing else ''}"
+        f"{options}, guidance {s.guidance:g}, clip x̂0 {'yes' if s.clip_denoised else 'no'}",
         f"data:        {data.source}{' ' + data.path if data.path else ''}, {data.channels}x{data.resolution}"
         f"x{data.resolution}{', labels' if data.class_labels else ''}",
     ]
 
 
 def run(args) -> int:
-    lines, cfg = describe(args.path)
+    if (args.path is None) == (args.preset is None):
+        raise ConfigError("give a checkpoint PATH or --preset NAME (one of them)")
+    lines, cfg = describe(args.path) if args.path else describe_preset(args.preset)
     if args.json:
         print(json.dumps(cfg, indent=2, sort_keys=True))
     else:

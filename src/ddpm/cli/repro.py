@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import argparse
 
+from ddpm.cli import common
+
 
 def add_parser(subparsers) -> None:
     from ddpm.repro import TARGETS
@@ -19,15 +21,16 @@ def add_parser(subparsers) -> None:
                                  "trained models and finished NLL chunks")
     p.add_argument("--data", help="dataset location (e.g. the CIFAR-10 folder) for --scale paper")
     p.add_argument("--ckpt", help="evaluate this checkpoint instead of training (not for table2)")
-    p.add_argument("--steps", type=int, help="override the number of training steps")
+    p.add_argument("--steps", type=common.positive_int, help="override the number of training steps")
     p.add_argument("--inception", help="path to pt_inception-2015-12-05-6726825d.pth for FID/IS")
-    p.add_argument("--device", help="cpu, cuda, … (default: cuda if available)")
+    common.add_runtime_args(p, progress=False)
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     from ddpm.repro import run_repro
 
+    common.setup_runtime(args)
     report = run_repro(args.target, args.scale, out=args.out, data=args.data, ckpt=args.ckpt,
                        inception=args.inception, device=args.device, steps=args.steps)
     print(f"report: {report}")

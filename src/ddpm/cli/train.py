@@ -5,24 +5,15 @@ Under ``torchrun --nproc_per_node=N -m ddpm train ...`` the same command trains 
 
 from __future__ import annotations
 
-import argparse
 import sys
 
+from ddpm.cli import common
 from ddpm.config import PRECISION_CHOICES
 from ddpm.errors import ConfigError
 
 
-def positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
-    return value
-
-
 def add_parser(subparsers) -> None:
+    from ddpm.data.load import DATASETS
     from ddpm.presets import PRESETS
 
     p = subparsers.add_parser("train", help="train a model (or resume a run)",
@@ -32,19 +23,16 @@ def add_parser(subparsers) -> None:
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.FIELD=VALUE",
                    help="override a config field, e.g. --set train.lr=1e-4 (repeatable)")
     p.add_argument("--data", help="dataset path (sets data.path)")
-    p.add_argument("--data-source", choices=["digits", "folder", "cifar10", "mnist"], help="sets data.source")
+    p.add_argument("--data-source", choices=list(DATASETS), help="sets data.source")
     p.add_argument("--run-dir", required=True, help="directory for this run's outputs")
-    p.add_argument("--steps", type=positive_int, help="train until this global step (default: train.steps)")
-    p.add_argument("--batch-size", type=positive_int, help="global batch size (sets train.batch_size)")
-    p.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda when available)")
+    p.add_argument("--steps", type=common.positive_int, help="train until this global step (default: train.steps)")
+    p.add_argument("--batch-size", type=common.positive_int, help="global batch size (sets train.batch_size)")
     p.add_argument("--precision", choices=PRECISION_CHOICES,
                    help="sets train.precision (default auto: bf16 autocast on Ampere+ GPUs, else fp32)")
     p.add_argument("--resume", action="store_true", help="continue the run in --run-dir from its latest checkpoint")
     p.add_argument("--init-from", metavar="CKPT",
                    help="start a new run from the weights and EMA of a checkpoint (fine-tuning)")
-    p.add_argument("--threads", type=positive_int, help="CPU threads for torch (default: torch's choice)")
-    p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
-                   help="show a progress bar (default: only on a terminal)")
+    common.add_runtime_args(p)
     p.set_defaults(func=run)
 
 
@@ -98,17 +86,10 @@ def build_config(args):
 
 
 def run(args) -> int:
-    import torch
-
     from ddpm import distributed
     from ddpm.train.trainer import Trainer
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    if args.device and args.device.startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError(f"--device {args.device}: no CUDA GPU is available; use --device cpu")
-    if args.device and args.device.split(":")[0] not in ("cpu", "cuda"):
-        raise ConfigError(f"--device must be cpu, cuda or cuda:N, got {args.device!r}")
+    common.setup_runtime(args)  # checks --device before any work
     cfg = build_config(args)
     trainer = Trainer(cfg, args.run_dir, device=args.device, resume=args.resume, init_from=args.init_from,
                       progress=args.progress)

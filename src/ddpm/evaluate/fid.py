@@ -1,4 +1,4 @@
-"""FID and Inception Score (spec §6.3): the statistics, and the pipeline images -> features -> score.
+"""FID and Inception Score (Heusel et al. 2017; Salimans et al. 2016; as used in Ho et al. 2020, §4): the statistics, and the pipeline images -> features -> score.
 
 Protocol (written out in ``docs/evaluation.md``): images are quantised to uint8 (samples from the model
 are rounded by :func:`ddpm.images.to_uint8`), fed to :class:`~ddpm.evaluate.inception.FIDInceptionV3`

@@ -1,6 +1,8 @@
 """The paper's generation figures as image grids: progressive x̂0 (Fig. 6), shared latents (Fig. 7) and
 interpolation across t (Fig. 8/9). Each function returns the uint8 grid (HWC) plus the raw tensors;
-the sampling itself is :mod:`ddpm.sampling.ancestral`.
+the sampling itself is :mod:`ddpm.sampling.experiments`. The paper drew them with Algorithm 2 (the
+default, ``sampler=None``); ``sampler`` (a :class:`ddpm.config.SamplerConfig`) runs them with any
+registered sampler instead.
 """
 
 from __future__ import annotations
@@ -21,19 +23,19 @@ def _rows_to_grid(rows: torch.Tensor) -> np.ndarray:
 
 
 def progressive_figure(model, diffusion, *, num_chains: int = 4, num_frames: int = 10, seed: int = 0,
-                       device=None, progress: bool = False, model_kwargs: dict | None = None) -> dict:
+                       device=None, progress: bool = False, model_kwargs: dict | None = None,
+                       sampler=None) -> dict:
     """Fig. 6: each row one chain of Algorithm 2, left to right the x̂0 predicted every T/num_frames
     steps (noisiest first), last column the final sample. ``frames_t``: paper t of each column."""
-    from ddpm.sampling.ancestral import progressive_samples
+    from ddpm.sampling.experiments import progressive_samples
 
     T = diffusion.num_timesteps
     if not 1 <= num_frames <= T:
         raise ConfigError(f"num_frames must be in [1, {T}], got {num_frames}")
     every = max(1, T // num_frames)
-    c, h = model.config.in_channels, model.config.resolution
     g = torch.Generator().manual_seed(seed)
-    out = progressive_samples(diffusion, model, (num_chains, c, h, h), every=every, generator=g,
-                              device=device, progress=progress, model_kwargs=model_kwargs)
+    out = progressive_samples(diffusion, model, (num_chains, *model.config.image_shape), every=every, generator=g,
+                              device=device, progress=progress, model_kwargs=model_kwargs, sampler=sampler)
     preds = out["pred_xstart"].flip(1)  # slot 0 is the last step: put the noisiest first
     frames = torch.cat([preds, out["sample"].unsqueeze(1)], dim=1).cpu()
     frames_t = [t + 1 for t in reversed(out["timesteps"])] + [0]
@@ -42,19 +44,19 @@ def progressive_figure(model, diffusion, *, num_chains: int = 4, num_frames: int
 
 def shared_latent_figure(model, diffusion, *, share_until: Sequence[int] | None = None, num_samples: int = 4,
                          seed: int = 0, device=None, progress: bool = False,
-                         model_kwargs: dict | None = None) -> dict:
+                         model_kwargs: dict | None = None, sampler=None) -> dict:
     """Fig. 7: one row per branching time t (default T, 3T/4, T/2, T/4, as the paper's 1000/750/500/250);
     first column the shared latent x_t, then ``num_samples`` samples that share x_T … x_t."""
-    from ddpm.sampling.ancestral import shared_latent_samples
+    from ddpm.sampling.experiments import shared_latent_samples
 
     T = diffusion.num_timesteps
     share_until = list(share_until) if share_until else [T, 3 * T // 4, T // 2, T // 4]
-    c, h = model.config.in_channels, model.config.resolution
     rows, latents = [], []
     for t in share_until:
         g = torch.Generator().manual_seed(seed)  # same x_T in every row
-        out = shared_latent_samples(diffusion, model, (num_samples, c, h, h), int(t), generator=g,
-                                    device=device, progress=progress, model_kwargs=model_kwargs)
+        out = shared_latent_samples(diffusion, model, (num_samples, *model.config.image_shape), int(t),
+                                    generator=g, device=device, progress=progress, model_kwargs=model_kwargs,
+                                    sampler=sampler)
         latent = out["latent"][:1].cpu()
         latents.append(latent[0])
         rows.append(torch.cat([latent.clamp(-1, 1), out["samples"].cpu()], dim=0))
@@ -65,11 +67,11 @@ def shared_latent_figure(model, diffusion, *, share_until: Sequence[int] | None 
 
 def interpolation_figure(model, diffusion, x_a: torch.Tensor, x_b: torch.Tensor, *,
                          ts: Sequence[int] | None = None, num_lambdas: int = 9, seed: int = 0,
-                         progress: bool = False, model_kwargs: dict | None = None) -> dict:
+                         progress: bool = False, model_kwargs: dict | None = None, sampler=None) -> dict:
     """Fig. 8/9: one row per number of diffusion steps t (default 0, T/8, …, T as Fig. 9), columns
     source a, Rec. a, λ = 1/(L+1) … L/(L+1), Rec. b, source b. The encoder noise is drawn once per
     row and shared by every λ; ``x_a``/``x_b`` are single images (C, H, W) or (1, C, H, W) in [−1, 1]."""
-    from ddpm.sampling.ancestral import interpolate
+    from ddpm.sampling.experiments import interpolate
 
     T = diffusion.num_timesteps
     ts = list(ts) if ts else [round(k * T / 8) for k in range(9)]
@@ -81,7 +83,7 @@ def interpolation_figure(model, diffusion, x_a: torch.Tensor, x_b: torch.Tensor,
     for t in ts:
         g = torch.Generator().manual_seed(seed)
         out = interpolate(diffusion, model, x_a, x_b, int(t), lambdas, generator=g, progress=progress,
-                          model_kwargs=model_kwargs)
+                          model_kwargs=model_kwargs, sampler=sampler)
         samples = out["samples"][:, 0].cpu()  # (L, C, H, W)
         rec = out["reconstructions"][:, 0].cpu()
         rows.append(torch.cat([x_a.cpu(), rec[:1], samples, rec[1:], x_b.cpu()], dim=0))

@@ -54,8 +54,3 @@ def eval_images(spec: str | None, config: Config, *, split: str = "test", num: i
     name = cfg.path if cfg.source == "folder" else cfg.source
     return x, labels, f"{name}/{split}"
 
-
-def default_device(device: str | None = None) -> torch.device:
-    if device:
-        return torch.device(device)
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")

@@ -65,7 +65,7 @@ class BpdResult:
 
     @property
     def rate_bpd(self) -> float:
-        """L_1 + ... + L_T: the paper's 'rate' (spec §3.5)."""
+        """L_1 + ... + L_T: the paper's 'rate' (Ho et al. 2020, §4.3)."""
         return float(self.terms_bpd[1:].sum() + self.prior)
 
     def summary(self) -> dict:

@@ -1,4 +1,4 @@
-"""Progressive lossy compression: rate and distortion along the reverse process (spec §3.5, Fig. 5,
+"""Progressive lossy compression: rate and distortion along the reverse process (Ho et al. 2020, §4.3, Fig. 5,
 Table 4), derived from the per-t averages of one :func:`ddpm.evaluate.likelihood.evaluate_bpd` pass.
 
 When the receiver holds x_t (paper index t = T … 1, i.e. after T − t reverse steps):

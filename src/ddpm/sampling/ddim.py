@@ -24,7 +24,7 @@ from typing import Callable, Iterator, Sequence
 import numpy as np
 import torch
 
-from ddpm.diffusion import _noise_at, randn, randn_like
+from ddpm.diffusion import noise_at, randn, randn_like
 from ddpm.errors import ConfigError
 from ddpm.sampling.registry import Option, SamplerSpec
 from ddpm.sampling.respace import SPACINGS, chain_length, respace
@@ -95,7 +95,7 @@ def ddim_sample_loop_progressive(diffusion, model, shape: Sequence[int], *, eta:
     with torch.no_grad():
         for i in indices:
             t = torch.full((x.shape[0],), i, device=x.device, dtype=torch.long)
-            z = _noise_at(step_noise, i, x, generator) if eta > 0 and i > 0 else None
+            z = noise_at(step_noise, i, x, generator) if eta > 0 and i > 0 else None
             out = ddim_step(diffusion, model, x, t, eta=eta, noise=z, clip_denoised=clip_denoised,
                             model_kwargs=model_kwargs, generator=generator)
             x = out["sample"]

@@ -17,7 +17,7 @@ from typing import Sequence
 import torch
 
 from ddpm.config import SamplerConfig
-from ddpm.diffusion import GaussianDiffusion, _noise_at, model_device, randn
+from ddpm.diffusion import GaussianDiffusion, noise_at, model_device, randn
 from ddpm.errors import ConfigError
 from ddpm.sampling.api import sample
 
@@ -66,7 +66,7 @@ def progressive_samples(
         state["x"] = info["x"]
 
     final = sample(model, diffusion, noise, sampler or SamplerConfig(clip_denoised=clip_denoised),
-                   noise=lambda t: _noise_at(step_noise, t, noise, generator), model_kwargs=model_kwargs,
+                   noise=lambda t: noise_at(step_noise, t, noise, generator), model_kwargs=model_kwargs,
                    callback=keep, progress=progress)
     return {
         "sample": final,

@@ -1,4 +1,4 @@
-"""Exponential moving average of the weights (the authors' ``make_ema``, spec §6.1).
+"""Exponential moving average of the weights (the authors' ``make_ema``; decay 0.9999, Ho et al. 2020, App. B).
 
 The first update copies the weights (TF used decay 1e-10 at global step 0); afterwards
 ``ema = decay * ema + (1 - decay) * w``, once per optimizer step, as one fused foreach call.

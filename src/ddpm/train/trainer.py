@@ -1,4 +1,4 @@
-"""The training loop of the paper (Algorithm 1 with the recipe of spec §6.1), resumable bit for bit.
+"""The training loop of the paper (Algorithm 1 with the recipe of Ho et al. 2020, §4 and App. B), resumable bit for bit.
 
 Randomness is drawn so that results depend neither on interruptions nor on the number of DDP ranks:
 
@@ -32,7 +32,7 @@ from torch.nn.parallel import DistributedDataParallel
 from ddpm import accel
 from ddpm.config import Config
 from ddpm.errors import CheckpointError, ConfigError, DataError, UserError
-from ddpm.resample import create_timestep_sampler
+from ddpm.train.timesteps import create_timestep_sampler
 from ddpm import checkpoint as ckpt
 from ddpm import distributed
 from ddpm.train.ema import EMA

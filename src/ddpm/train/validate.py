@@ -77,7 +77,7 @@ def validate_config(cfg: Config) -> Config:
     from ddpm.sampling.registry import resolve_sampler
 
     resolve_sampler(cfg.sampling, cfg.diffusion.num_timesteps, num_classes=m.num_classes, labels=True)
-    from ddpm.resample import create_timestep_sampler
+    from ddpm.train.timesteps import create_timestep_sampler
 
     create_timestep_sampler(t.timestep_sampler, cfg.diffusion.num_timesteps)
     return cfg

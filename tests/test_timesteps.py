@@ -1,4 +1,4 @@
-"""Timestep samplers: improved DDPM's loss-second-moment importance sampling (spec §8.5)."""
+"""Timestep samplers: improved DDPM's loss-second-moment importance sampling (Nichol & Dhariwal 2021, §3.3)."""
 
 import json
 
@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-import ddpm.resample as resample
+import ddpm.train.timesteps as resample
 from ddpm.errors import ConfigError
-from ddpm.resample import LossSecondMomentResampler, UniformSampler, create_timestep_sampler
+from ddpm.train.timesteps import LossSecondMomentResampler, UniformSampler, create_timestep_sampler
 
 
 
@@ -174,7 +174,7 @@ def test_improved_ddpm_presets():
     for cfg in (hybrid, kl):
         d = cfg.diffusion.build()
         assert (d.num_timesteps, d.var_type, cfg.model.out_channels) == (4000, "learned_range", 6)
-        assert abs(d.betas[0] - 9.87e-6) < 5e-9  # spec §8.1: cosine, T = 4000
+        assert abs(d.betas[0] - 9.87e-6) < 5e-9  # Nichol & Dhariwal 2021 Eq. 17: cosine, T = 4000
         m, t = cfg.model, cfg.train
         assert (m.ch, m.num_res_blocks, m.attn_resolutions, m.dropout) == (128, 3, (16, 8), 0.3)
         assert (t.lr, t.batch_size) == (1e-4, 128)
