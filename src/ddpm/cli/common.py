@@ -148,10 +148,11 @@ def add_sampler_args(p, *, classes: bool = True) -> None:
     g.add_argument("--steps", type=positive_int, help="network steps (default: all T of the model)")
     g.add_argument("--spacing", help="which timesteps K steps visit (ddpm/ddim: uniform, quadratic, even; "
                         "each sampler lists its own in docs/sampling.md)")
-    g.add_argument("--eta", type=finite_float(0.0, 1.0), help="DDIM's eta in [0, 1] (ddim only; default 0)")
+    # Ranges are the registry's to check (resolve_sampler), so every entry point says the same thing.
+    g.add_argument("--eta", type=finite_float(), help="DDIM's eta in [0, 1] (ddim only; default 0)")
     g.add_argument("--option", dest="sampler_options", action="append", type=_option_arg, default=[],
                    metavar="NAME=VALUE", help="a sampler option (repeatable), e.g. --option eta=0.5")
-    g.add_argument("--guidance", type=finite_float(0.0),
+    g.add_argument("--guidance", type=finite_float(),
                    help="classifier-free guidance w >= 0 (Ho & Salimans: (1+w)·eps(x,c) - w·eps(x,null); "
                         "diffusers' guidance_scale is 1+w); needs --class")
     g.add_argument("--clip", dest="clip_denoised", action=argparse.BooleanOptionalAction, default=None,
