@@ -230,3 +230,54 @@ def test_misuse_in_a_real_subprocess_has_no_traceback(tmp_path):
     assert proc.returncode == 2
     assert "Traceback" not in proc.stderr
     assert proc.stderr.strip().count("\n") == 0 and "does not exist" in proc.stderr
+
+
+def _subcommands(parser, prefix=()):
+    """(argv prefix, parser) of every leaf sub-command."""
+    import argparse
+
+    subs = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    if not subs:
+        yield prefix, parser
+        return
+    seen = set()
+    for name, sub in subs[0].choices.items():
+        if id(sub) in seen:  # aliases (eval/evaluate, figure/figures)
+            continue
+        seen.add(id(sub))
+        yield from _subcommands(sub, prefix + (name,))
+
+
+# Commands that run a network or a data pipeline share the runtime conventions; info and the
+# weight converters do neither.
+NO_RUNTIME = {("info",), ("convert", "tf"), ("convert", "diffusers"), ("convert", "to-diffusers")}
+
+
+def test_every_subcommand_follows_the_conventions():
+    from ddpm.cli import build_parser
+
+    leaves = list(_subcommands(build_parser()))
+    assert len(leaves) >= 14
+    for argv, parser in leaves:
+        flags = {s for a in parser._actions for s in a.option_strings}
+        assert "--help" in flags
+        if argv not in NO_RUNTIME:
+            assert {"--device", "--threads", "--progress", "--no-progress"} <= flags, argv
+        assert "``" not in (parser.description or "") and ":mod:" not in (parser.description or ""), argv
+        for a in parser._actions:
+            if a.option_strings and a.dest not in ("help", "version"):
+                assert a.help, (argv, a.option_strings)  # every flag explains itself
+
+
+def test_version_and_one_line_warnings(capsys):
+    import warnings
+
+    from ddpm import __version__
+    from ddpm.cli import _one_line_warning
+
+    with pytest.raises(SystemExit) as e:
+        main(["--version"])
+    assert e.value.code == 0 and capsys.readouterr().out.strip() == f"ddpm {__version__}"
+    _one_line_warning(UserWarning("careful"), UserWarning, "x.py", 3)
+    assert capsys.readouterr().err == "ddpm: warning: careful\n"
+    assert warnings.showwarning is not _one_line_warning  # main restores the hook

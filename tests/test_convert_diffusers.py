@@ -234,3 +234,54 @@ def test_cli_diffusers_import_and_export(tmp_path, capsys):
     assert main(["convert", "to-diffusers", str(tmp_path / "ckpt"), str(tmp_path / "back")]) == 0
     model, dcfg = load_diffusers_folder(tmp_path / "back")
     assert dcfg.var_type == "learned_range" and torch.equal(model.conv_out.weight, src.conv_out.weight)
+
+
+def test_exported_folder_is_a_ddpm_pipeline_that_diffusers_runs(tmp_path):
+    """`DDPMPipeline.from_pretrained(exported)` works and its first denoising step matches ours."""
+    diffusers = pytest.importorskip("diffusers")
+    cfg = dataclasses.replace(get_network("tiny"), out_channels=3)
+    src = _random(UNet(cfg))
+    save_diffusers_folder(src, DiffusionConfig(num_timesteps=10), tmp_path)
+    assert json.loads((tmp_path / "model_index.json").read_text())["_class_name"] == "DDPMPipeline"
+    pipe = diffusers.DDPMPipeline.from_pretrained(tmp_path)
+    out = pipe(batch_size=1, num_inference_steps=10, output_type="np", generator=torch.Generator().manual_seed(0))
+    assert out.images.shape == (1, 16, 16, 3)
+    x, t = torch.randn(2, 3, 16, 16), torch.tensor([0, 9])
+    with torch.no_grad():
+        assert (pipe.unet(x, t).sample - src(x, t)).abs().max() <= 1e-5
+
+
+def _hub_cache(tmp_path, model, diffusion, repo="acme/ddpm-tiny", revision="main"):
+    """A Hub cache laid out as huggingface_hub lays it out (refs/<revision> -> snapshots/<commit>/...)."""
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    root = tmp_path / "hub-cache" / ("models--" + repo.replace("/", "--"))
+    save_diffusers_folder(model, diffusion, root / "snapshots" / commit)
+    (root / "refs").mkdir(parents=True)
+    (root / "refs" / revision).write_text(commit)
+    return tmp_path / "hub-cache"
+
+
+def test_hub_ids_load_from_the_hub_cache_offline(tmp_path, monkeypatch, capsys):
+    pytest.importorskip("huggingface_hub")
+    import huggingface_hub.constants
+
+    from ddpm.checkpoint import load_checkpoint
+    from ddpm.cli import main
+
+    cfg = dataclasses.replace(get_network("tiny"), out_channels=3)
+    src = _random(UNet(cfg))
+    cache = _hub_cache(tmp_path, src, DiffusionConfig(num_timesteps=10))
+    monkeypatch.setenv("HF_HUB_CACHE", str(cache))
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(cache))
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.chdir(tmp_path)  # "acme/ddpm-tiny" is not a local path here
+    loaded = load_checkpoint("acme/ddpm-tiny")
+    x, t = torch.randn(1, 3, 16, 16), torch.tensor([3])
+    with torch.no_grad():
+        assert torch.equal(loaded.model(x, t), src(x, t))
+    assert loaded.diffusion.num_timesteps == 10
+    assert main(["sample", "--ckpt", "acme/ddpm-tiny@main", "-n", "2", "--steps", "2", "--npz", "s.npz"]) == 0
+    capsys.readouterr()
+    assert main(["sample", "--ckpt", "acme/not-cached", "-n", "1", "--npz", "t.npz"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "not in the Hub cache" in err

@@ -33,9 +33,15 @@ _EXPORTS = {
     "get_preset": "ddpm.presets",
     "Trainer": "ddpm.train.trainer",
     "load_checkpoint": "ddpm.checkpoint",
+    "Pipeline": "ddpm.pipeline",
+    "load": "ddpm.pipeline",
 }
 
 __all__ = sorted(_EXPORTS) + ["__version__"]
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_EXPORTS))
 
 
 def __getattr__(name: str):

@@ -56,6 +56,12 @@ class LoadedCheckpoint:
     path: Path | None = None
     weights: str = "ema"  # which weights the model holds: "ema" or "model"
 
+    def __repr__(self) -> str:  # the dataclass default would print the whole module tree
+        m = self.config.model
+        n = sum(p.numel() for p in self.model.parameters())
+        return (f"LoadedCheckpoint({self.path}: {m.arch} {'x'.join(map(str, m.image_shape))}, {n:,} parameters, "
+                f"{self.weights} weights, step {self.step})")
+
 
 # ----------------------------------------------------------------------------- writing
 
@@ -314,9 +320,12 @@ def load_checkpoint(path: str | os.PathLike, *, use_ema: bool = True, device="cp
     """Load a network for sampling/evaluation; EMA weights unless ``use_ema=False``.
 
     ``path`` may be a run directory (its newest complete checkpoint), a checkpoint directory, a single
-    ``ema.safetensors``/``model.safetensors`` file, or a diffusers folder.
+    ``ema.safetensors``/``model.safetensors`` file, a diffusers folder, or a Hugging Face Hub id
+    ``org/name[@revision]`` of either (downloaded once into the Hub cache; see :mod:`ddpm.hub`).
     """
-    p = Path(path)
+    from ddpm import hub
+
+    p = hub.resolve(path)
     if p.is_dir() and _is_diffusers(p):
         from ddpm.models.convert_diffusers import load_diffusers_folder
 

@@ -2,9 +2,10 @@
 parameterisations, training losses, the variational bound in bits/dim, and ancestral sampling.
 
 A port of the authors' ``diffusion_utils_2.py::GaussianDiffusion2`` (option names and constants kept)
-with improved DDPM's ``learned_range`` variance and ``hybrid`` loss (Nichol & Dhariwal 2021, §3.1, Eq. 15–16). It knows nothing
-about the network: ``model`` is any callable ``model(x_t, t, **model_kwargs)`` returning a tensor
-shaped like ``x_t`` (twice the channels for learned variances: mean part first, variance part second).
+with improved DDPM's ``learned_range`` variance and ``hybrid`` loss (Nichol & Dhariwal 2021, §3.1,
+Eq. 15–16). It knows nothing about the network: ``model`` is any callable
+``model(x_t, t, **model_kwargs)`` returning a tensor shaped like ``x_t`` (twice the channels for
+learned variances: mean part first, variance part second).
 
 Conventions: tensors are NCHW (any shape ``(B, ...)`` works); ``t`` is a LongTensor ``(B,)`` of 0-based
 code timesteps, ``t = 0`` being the paper's ``t = 1``. Tables are float64 numpy attributes, gathered and

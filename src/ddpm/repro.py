@@ -102,6 +102,7 @@ class Repro:
     inception: str | None = None
     device: str | None = None
     steps: int | None = None
+    progress: bool = True
     timings: dict = field(default_factory=dict)
     results: dict = field(default_factory=dict)
     notes: list = field(default_factory=list)
@@ -144,7 +145,8 @@ class Repro:
             from ddpm.train.trainer import Trainer
 
             self.log(f"training {variant} ({cfg.train.steps} steps) into {run}")
-            trainer = Trainer(cfg, run, device=device, resume=done > 0, progress=True, tensorboard=False)
+            trainer = Trainer(cfg, run, device=device, resume=done > 0, progress=self.progress,
+                              tensorboard=False)
             self.timed(f"train {variant}", trainer.train)
             trainer.close()
         return load_checkpoint(run, device=device)
@@ -176,7 +178,7 @@ class Repro:
         self.log(f"NLL of {key} on {len(x)} {name} images")
         res = self.timed(f"nll {key} {split}", evaluate_bpd, ck.model, ck.diffusion, x,
                          batch_size=self.scale.eval_batch, chunk_dir=self.out / "bpd" / f"{key}-{split}",
-                         meta={"step": ck.step, "data": name}, progress=True)
+                         meta={"step": ck.step, "data": name}, progress=self.progress)
         res.write_csv(self.out / f"nll_terms_{key}_{split}.csv")
         return res
 
@@ -203,7 +205,7 @@ class Repro:
         n = self.scale.fid_num
         self.log(f"sampling {n} images from {key} for FID/IS")
         x = self.timed(f"sample {key}", generate, ck.model, ck.diffusion, n, batch_size=self.scale.eval_batch,
-                       seed=0, device=next(ck.model.parameters()).device, progress=True)
+                       seed=0, device=next(ck.model.parameters()).device, progress=self.progress)
         ref_path = self.out / f"reference_stats_train_{self.scale.ref_num or 'all'}.npz"
         if ref_path.is_file():
             from ddpm.evaluate.fid import InceptionStats
@@ -211,7 +213,7 @@ class Repro:
             ref = InceptionStats.load(ref_path)
         else:
             xr, _, _ = eval_images(None, self.eval_config(ck), split="train", num=self.scale.ref_num)
-            ref = self.timed("reference stats", compute_statistics, net, xr, progress=True)
+            ref = self.timed("reference stats", compute_statistics, net, xr, progress=self.progress)
             ref.save(ref_path)
         return self.timed(f"fid/is {key}", score_images, net, x, ref)
 
@@ -312,10 +314,12 @@ def _figure(r: Repro) -> list[str]:
     T = ck.diffusion.num_timesteps
     c = r.scale.chains
     if r.target == "fig6":
-        f = r.timed("figure", figures.progressive_figure, ck.model, ck.diffusion, num_chains=c, progress=True)
+        f = r.timed("figure", figures.progressive_figure, ck.model, ck.diffusion, num_chains=c,
+                    progress=r.progress)
         desc = f"Progressive generation: x̂0 along {c} chains at paper t = {f['frames_t']} (last: sample)."
     elif r.target == "fig7":
-        f = r.timed("figure", figures.shared_latent_figure, ck.model, ck.diffusion, num_samples=c, progress=True)
+        f = r.timed("figure", figures.shared_latent_figure, ck.model, ck.diffusion, num_samples=c,
+                    progress=r.progress)
         desc = (f"Samples sharing x_T … x_t, rows t = {f['share_until']}; first column the shared x_t "
                 "(paper: t = 1000, 750, 500, 250).")
     else:
@@ -339,7 +343,7 @@ TITLES = {"table1": "Table 1: CIFAR-10 IS, FID and NLL", "table2": "Table 2: par
 
 def run_repro(target: str, scale: str = "tiny", *, out: str | Path | None = None, data: str | None = None,
               ckpt: str | None = None, inception: str | None = None, device: str | None = None,
-              steps: int | None = None) -> Path:
+              steps: int | None = None, progress: bool = True) -> Path:
     """Run the recipe of ``target`` at ``scale``; returns the path of the Markdown report."""
     if target not in TARGETS:
         raise ConfigError(f"unknown target {target!r}; choose one of {', '.join(TARGETS)}")
@@ -348,7 +352,7 @@ def run_repro(target: str, scale: str = "tiny", *, out: str | Path | None = None
     out = Path(out or f"repro/{target}-{scale}")
     out.mkdir(parents=True, exist_ok=True)
     r = Repro(target, SCALE_SETTINGS[scale], out, data=data, ckpt=ckpt, inception=inception, device=device,
-              steps=steps)
+              steps=steps, progress=progress)
     t0 = time.perf_counter()
     body = RECIPES[target](r)
     wall = time.perf_counter() - t0

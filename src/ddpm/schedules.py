@@ -1,4 +1,5 @@
-"""Variance schedules β_1..β_T and the float64 tables derived from them (Ho et al. 2020, §2 and §4; cosine: Nichol & Dhariwal 2021, §3.2, Eq. 17).
+"""Variance schedules β_1..β_T and the float64 tables derived from them (Ho et al. 2020, §2 and §4;
+cosine: Nichol & Dhariwal 2021, §3.2, Eq. 17).
 
 Everything here is numpy float64, as in the authors' code ("computations here in float64 for
 accuracy"); :class:`ddpm.diffusion.GaussianDiffusion` casts the tables to the working dtype at use.
@@ -102,7 +103,8 @@ def check_betas(betas) -> np.ndarray:
 
 
 def compute_tables(betas) -> dict[str, np.ndarray]:
-    """All float64 arrays the diffusion needs, from β (Ho et al. 2020, Eq. 4, 6–7; Nichol & Dhariwal 2021, Eq. 15).
+    """All float64 arrays the diffusion needs, from β (Ho et al. 2020, Eq. 4, 6–7; Nichol & Dhariwal
+    2021, Eq. 15).
 
     Keys: ``betas, alphas, alphas_cumprod, alphas_cumprod_prev, alphas_cumprod_next,
     sqrt_alphas_cumprod, sqrt_alphas_cumprod_prev, sqrt_alphas_cumprod_next (DDIM),

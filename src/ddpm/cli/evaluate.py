@@ -29,13 +29,14 @@ def add_parser(subparsers) -> None:
         q.add_argument("--num", "--num-images", dest="num", type=common.positive_int,
                        help="evaluate a fixed subset of this many images (default: all); under torchrun "
                             "spell it --num-images (torchrun takes --num for its own --numa-binding)")
-        q.add_argument("--batch-size", type=common.positive_int, default=64)
+        q.add_argument("--batch-size", type=common.positive_int, default=64, help="images per batch (default 64)")
         q.add_argument("--out", default="eval", help="output directory (default ./eval); finished chunks "
                                                      "are kept in OUT/bpd_chunks and skipped on rerun")
-        q.add_argument("--seed", type=common.non_negative_int, default=0)
+        q.add_argument("--seed", type=common.non_negative_int, default=0,
+                       help="seed of the bound's noise draws (default 0)")
         q.add_argument("--raw", action="store_true", help="use the raw instead of the EMA weights")
         q.add_argument("--no-clip", action="store_true", help="do not clip x̂0 to [-1, 1] (the authors clip)")
-        common.add_runtime_args(q, progress=False)
+        common.add_runtime_args(q)
         q.add_argument("--labels", action="store_true",
                        help="condition a class-conditional model on the true labels (default: null label)")
 
@@ -53,11 +54,12 @@ def add_parser(subparsers) -> None:
         q.add_argument("--num", type=common.positive_int, default=PAPER_SAMPLES,
                        help="samples to generate/use (paper: 50000)")
         q.add_argument("--batch-size", type=common.positive_int, default=256, help="sampling batch size")
-        q.add_argument("--seed", type=common.non_negative_int, default=0)
+        q.add_argument("--seed", type=common.non_negative_int, default=0,
+                       help="image i depends only on (seed, i) (default 0)")
         q.add_argument("--raw", action="store_true", help="sample with the raw instead of the EMA weights")
         q.add_argument("--save-samples", help="also write the generated samples to this .npz")
         common.add_sampler_args(q)
-        common.add_runtime_args(q, progress=False)
+        common.add_runtime_args(q)
         q.add_argument("--inception", help="path to pt_inception-2015-12-05-6726825d.pth "
                                            "(else $DDPM_INCEPTION_WEIGHTS, else ~/.cache/ddpm, downloading)")
         q.add_argument("--splits", type=common.positive_int, default=10,
@@ -80,14 +82,15 @@ def add_parser(subparsers) -> None:
 
     q = sub.add_parser("fid-stats", help="compute reference statistics (mu, sigma) of a dataset")
     q.add_argument("--data", required=True, help="dataset name, image folder or .npz of images")
-    q.add_argument("--split", default="train")
+    q.add_argument("--split", default="train", choices=("train", "test"), help="dataset split (default train)")
     q.add_argument("--num", type=common.positive_int, help="images to use (default: all)")
     q.add_argument("--resolution", type=common.positive_int, default=32,
                    help="resolution for dataset names (default 32)")
-    q.add_argument("--channels", type=int, default=3, choices=(1, 3))
+    q.add_argument("--channels", type=int, default=3, choices=(1, 3),
+                   help="channels for dataset names (default 3; grey images are repeated to RGB for Inception)")
     q.add_argument("--out", required=True, help="output .npz")
-    q.add_argument("--inception")
-    common.add_runtime_args(q, progress=False)
+    q.add_argument("--inception", help="path to the Inception weights (as for eval fid)")
+    common.add_runtime_args(q)
     q.set_defaults(func=run_fid_stats)
 
 
@@ -110,7 +113,8 @@ def _bpd(args):
     res = evaluate_bpd(ck.model, ck.diffusion, x, batch_size=args.batch_size, seed=args.seed,
                        clip_denoised=not args.no_clip, labels=labels if args.labels else None,
                        chunk_dir=Path(args.out) / "bpd_chunks", meta=meta, device=device,
-                       rank=info.rank, world_size=info.world_size, progress=info.is_main)
+                       rank=info.rank, world_size=info.world_size,
+                       progress=common.show_progress(args, info.is_main))
     distributed.cleanup()
     return res, meta
 
@@ -166,7 +170,8 @@ def _generated(args, device):
     labels = common.class_labels_from_args(args, ck.config.model.num_classes, args.num)
     sampler = common.sampler_config_from_args(args, ck.config.sampling)
     x = generate(ck.model, ck.diffusion, args.num, batch_size=args.batch_size, sampler=sampler,
-                 class_labels=labels, seed=args.seed, device=device, progress=info.is_main,
+                 class_labels=labels, seed=args.seed, device=device,
+                 progress=common.show_progress(args, info.is_main),
                  rank=info.rank, world_size=info.world_size, fast=common.fast_path_from_args(args, device))
     x = distributed.gather_shards(x, info)
     distributed.cleanup()
@@ -205,17 +210,18 @@ def run_quality(args: argparse.Namespace) -> int:
         if args.ref:
             ref = reference_statistics(net, args.ref, num=args.ref_num, split=args.ref_split,
                                        resolution=images.shape[1], channels=images.shape[3], device=device,
-                                       progress=True)
+                                       progress=common.show_progress(args))
             ref_desc = f"{args.ref}" + ("" if args.ref.endswith(".npz") else f"/{args.ref_split}")
         else:
             from ddpm.evaluate.fid import compute_statistics
             from ddpm.evaluate.inputs import eval_images
 
             x, _, ref_desc = eval_images(None, ck.config, split=args.ref_split, num=args.ref_num)
-            ref = compute_statistics(net, x, device=device, progress=True)
+            ref = compute_statistics(net, x, device=device, progress=common.show_progress(args))
         if args.save_ref_stats:
             ref.save(args.save_ref_stats)
-    scores = score_images(net, images, ref, splits=args.splits, device=device, progress=True)
+    scores = score_images(net, images, ref, splits=args.splits, device=device,
+                          progress=common.show_progress(args))
     n = scores["num"]
     note = "" if n >= PAPER_SAMPLES else f" — fewer than the paper's {PAPER_SAMPLES:,}; not comparable to Table 1"
     if want_fid:
@@ -237,7 +243,7 @@ def run_fid_stats(args: argparse.Namespace) -> int:
     device = common.setup_runtime(args)
     net = load_inception(args.inception, device=device)
     stats = reference_statistics(net, args.data, num=args.num, split=args.split, resolution=args.resolution,
-                                 channels=args.channels, device=device, progress=True)
+                                 channels=args.channels, device=device, progress=common.show_progress(args))
     stats.save(args.out)
     print(f"wrote {args.out} ({stats.num} images)")
     return 0

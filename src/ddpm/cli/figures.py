@@ -28,10 +28,10 @@ def add_parser(subparsers) -> None:
         q.add_argument("--ckpt", required=True, help="run dir, checkpoint dir, .safetensors or diffusers folder")
         q.add_argument("--out", default=default_out, help=f"output PNG (default {default_out})")
         q.add_argument("--npz", help="also save the raw arrays to this .npz")
-        q.add_argument("--seed", type=common.non_negative_int, default=0)
+        q.add_argument("--seed", type=common.non_negative_int, default=0, help="noise seed (default 0)")
         q.add_argument("--raw", action="store_true", help="use the raw instead of the EMA weights")
         common.add_sampler_args(q, classes=False)
-        common.add_runtime_args(q, progress=False)
+        common.add_runtime_args(q)
 
     q = sub.add_parser("progressive", help="x̂0 predicted along sampling chains (Fig. 6)")
     shared_args(q, "progressive.png")
@@ -51,7 +51,7 @@ def add_parser(subparsers) -> None:
     q.add_argument("--images", nargs=2, metavar=("A", "B"), help="two image files (default: from --data)")
     q.add_argument("--data", help="dataset name/folder/.npz to take the two images from "
                                   "(default: the checkpoint's training data)")
-    q.add_argument("--split", default="test")
+    q.add_argument("--split", default="test", choices=("train", "test"), help="split of --data (default test)")
     q.add_argument("--index", type=common.non_negative_int, nargs=2, default=(0, 1), metavar=("I", "J"),
                    help="indices of the two images in --data (default 0 1)")
     q.add_argument("--t", type=_ints, help="comma list of diffusion steps, one row each (default 0, T/8, …, T; "
@@ -84,7 +84,7 @@ def run_progressive(args: argparse.Namespace) -> int:
 
     ck, sampler = _load(args)
     f = progressive_figure(ck.model, ck.diffusion, num_chains=args.chains, num_frames=args.frames,
-                           seed=args.seed, progress=True, sampler=sampler)
+                           seed=args.seed, progress=common.show_progress(args), sampler=sampler)
     print("columns (paper t of the x̂0 input; 0 = final sample):", " ".join(map(str, f["frames_t"])))
     _write(args, f["grid"], {"frames": f["frames"].numpy(), "frames_t": f["frames_t"]})
     return 0
@@ -95,7 +95,7 @@ def run_shared(args: argparse.Namespace) -> int:
 
     ck, sampler = _load(args)
     f = shared_latent_figure(ck.model, ck.diffusion, share_until=args.branch_at, num_samples=args.samples,
-                             seed=args.seed, progress=True, sampler=sampler)
+                             seed=args.seed, progress=common.show_progress(args), sampler=sampler)
     print("rows branch at t =", " ".join(map(str, f["share_until"])), "(first column: the shared x_t)")
     _write(args, f["grid"], {"samples": f["samples"].numpy(), "latents": f["latents"].numpy(),
                              "share_until": f["share_until"]})
@@ -133,7 +133,8 @@ def run_interpolate(args: argparse.Namespace) -> int:
 
     ck, sampler = _load(args)
     a, b = _two_images(args, ck)
-    f = interpolation_figure(ck.model, ck.diffusion, a, b, ts=args.t, num_lambdas=args.lambdas, seed=args.seed, sampler=sampler)
+    f = interpolation_figure(ck.model, ck.diffusion, a, b, ts=args.t, num_lambdas=args.lambdas, seed=args.seed,
+                             progress=common.show_progress(args), sampler=sampler)
     print("rows: t =", " ".join(map(str, f["ts"])), "| columns: source, rec., λ =",
           " ".join(f"{v:.2f}" for v in f["lambdas"].tolist()), ", rec., source")
     _write(args, f["grid"], {"rows": f["rows"].numpy(), "ts": f["ts"], "lambdas": f["lambdas"].numpy()})

@@ -43,8 +43,9 @@ def _tensor_summary(path: Path) -> tuple[int, set[str]]:
 def describe(path: str | Path) -> tuple[list[str], dict]:
     """Lines describing ``path`` and its config dict."""
     from ddpm import checkpoint as ckpt
+    from ddpm import hub
 
-    p = Path(path)
+    p = hub.resolve(path)
     lines: list[str] = []
     if p.is_dir() and ckpt._is_diffusers(p):
         loaded = ckpt.load_checkpoint(p)

@@ -23,7 +23,7 @@ def add_parser(subparsers) -> None:
     p.add_argument("--ckpt", help="evaluate this checkpoint instead of training (not for table2)")
     p.add_argument("--steps", type=common.positive_int, help="override the number of training steps")
     p.add_argument("--inception", help="path to pt_inception-2015-12-05-6726825d.pth for FID/IS")
-    common.add_runtime_args(p, progress=False)
+    common.add_runtime_args(p)
     p.set_defaults(func=run)
 
 
@@ -32,6 +32,7 @@ def run(args: argparse.Namespace) -> int:
 
     common.setup_runtime(args)
     report = run_repro(args.target, args.scale, out=args.out, data=args.data, ckpt=args.ckpt,
-                       inception=args.inception, device=args.device, steps=args.steps)
+                       inception=args.inception, device=args.device, steps=args.steps,
+                       progress=common.show_progress(args))
     print(f"report: {report}")
     return 0

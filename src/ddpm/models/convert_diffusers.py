@@ -313,8 +313,10 @@ def _inverse(table: dict[str, str], value: str, what: str) -> str:
 
 
 def save_diffusers_folder(model: UNet, diffusion: DiffusionConfig, path: str | Path) -> Path:
-    """Write ``path/unet/{config.json, diffusion_pytorch_model.safetensors}`` and
-    ``path/scheduler/scheduler_config.json``, loadable by diffusers and by :func:`load_diffusers_folder`."""
+    """Write a diffusers ``DDPMPipeline`` folder: ``path/model_index.json``,
+    ``path/unet/{config.json, diffusion_pytorch_model.safetensors}`` and
+    ``path/scheduler/scheduler_config.json``, loadable by ``DDPMPipeline.from_pretrained`` and by
+    :func:`load_diffusers_folder`."""
     from safetensors.torch import save_file
 
     root = Path(path)
@@ -326,4 +328,18 @@ def save_diffusers_folder(model: UNet, diffusion: DiffusionConfig, path: str | P
     tensors = {k: v.contiguous() for k, v in to_diffusers_state_dict(model).items()}
     save_file(tensors, str(root / "unet" / "diffusion_pytorch_model.safetensors"))
     (root / "scheduler" / "scheduler_config.json").write_text(json.dumps(sched, indent=2))
+    index = {"_class_name": "DDPMPipeline", "_diffusers_version": _diffusers_version(),
+             "scheduler": ["diffusers", "DDPMScheduler"], "unet": ["diffusers", "UNet2DModel"]}
+    (root / "model_index.json").write_text(json.dumps(index, indent=2))
     return root
+
+
+def _diffusers_version() -> str:
+    """The installed diffusers' version (recorded by diffusers in every folder it writes), else the
+    oldest version this layout is known to load in."""
+    try:
+        from importlib.metadata import version
+
+        return version("diffusers")
+    except Exception:  # not installed: the folder is still valid
+        return "0.25.0"
