@@ -51,7 +51,8 @@ def _digits() -> Config:
     EMA 0.995 (0.9999 averages over ~10k steps, far longer than the whole run), no dropout, no flips
     (a mirrored digit is not a digit), and cheap 50-step sample grids every 250 steps."""
     return Config(
-        model=UNetConfig(ch=32, ch_mult=(1, 2, 2), num_res_blocks=1, attn_resolutions=(7,), dropout=0.0),
+        model=UNetConfig(ch=32, ch_mult=(1, 2, 2), num_res_blocks=1, attn_resolutions=(7,), dropout=0.0,
+                         norm_groups=8),
         diffusion=DiffusionConfig(),
         train=TrainConfig(lr=1e-3, warmup=100, batch_size=32, ema_decay=0.995, steps=4000,
                           random_flip=False, class_dropout=0.1, log_every=10, sample_every=250,

@@ -1,4 +1,5 @@
-"""``ddpm eval nll|rate-distortion|fid|is|fid-stats``: Table 1's NLL, IS and FID, and Fig. 5 / Table 4.
+"""``ddpm eval nll|rate-distortion|fid|is|fid-stats|quality|sweep``: Table 1's NLL, IS and FID, Fig. 5 /
+Table 4, and offline sample quality on the digits feature network (:mod:`ddpm.cli.quality`).
 
 Thin layer over :mod:`ddpm.evaluate`; see ``docs/evaluation.md`` for the protocol.
 """
@@ -16,7 +17,7 @@ PAPER_SAMPLES = 50_000
 
 
 def add_parser(subparsers) -> None:
-    p = subparsers.add_parser("eval", aliases=["evaluate"], help="NLL (bits/dim), FID, IS, rate-distortion",
+    p = subparsers.add_parser("eval", aliases=["evaluate"], help="NLL (bits/dim), FID, IS, rate-distortion, digits quality and sweeps",
                               description=__doc__)
     sub = p.add_subparsers(dest="metric", metavar="METRIC", parser_class=type(p))
     sub.required = True
@@ -92,6 +93,10 @@ def add_parser(subparsers) -> None:
     q.add_argument("--inception", help="path to the Inception weights (as for eval fid)")
     common.add_runtime_args(q)
     q.set_defaults(func=run_fid_stats)
+
+    from ddpm.cli import quality
+
+    quality.add_parsers(sub)
 
 
 # ------------------------------------------------------------------------------------------ bpd

@@ -34,7 +34,6 @@ _REQUIRED = {
     "flip_sin_to_cos": False,
     "freq_shift": 1,
     "downsample_padding": 0,
-    "norm_num_groups": GN_GROUPS,
     "norm_eps": GN_EPS,
     "resnet_time_scale_shift": "default",
     "mid_block_scale_factor": 1,
@@ -108,6 +107,7 @@ def unet_config_from_diffusers(cfg: dict[str, Any]) -> UNetConfig:
         dropout=float(cfg.get("dropout", 0.0)),
         resolution=int(size),
         num_classes=int(n_cls) - 1 if n_cls else None,
+        norm_groups=int(cfg.get("norm_num_groups", GN_GROUPS)),
     )
 
 
@@ -129,6 +129,7 @@ def diffusers_kwargs_for(config: UNetConfig) -> dict[str, Any]:
         layers_per_block=config.num_res_blocks,
         attention_head_dim=None,
         num_class_embeds=config.num_classes + 1 if config.num_classes else None,
+        norm_num_groups=config.norm_groups,
     )
     if config.dropout:
         kwargs["dropout"] = config.dropout

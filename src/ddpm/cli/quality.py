@@ -1,0 +1,136 @@
+"""``ddpm eval quality`` and ``ddpm eval sweep``: sample quality on the digits feature network.
+
+Thin layer over :mod:`ddpm.evaluate.quality` and :mod:`ddpm.evaluate.sweep`; the metrics and their
+± are described in ``docs/evaluation.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from ddpm.cli import common
+
+
+def _classes(text: str):
+    if text in ("all", "null"):
+        return text
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a class index, 'all' or 'null', got {text!r}") from None
+
+
+def _floats(text: str) -> list[float]:
+    try:
+        vals = [float(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a comma list of numbers, got {text!r}") from None
+    if not vals or any(v != v or v in (float("inf"), float("-inf")) for v in vals):
+        raise argparse.ArgumentTypeError(f"expected a comma list of finite numbers, got {text!r}")
+    return vals
+
+
+def _ints(text: str) -> list[int]:
+    try:
+        vals = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a comma list of step counts, got {text!r}") from None
+    if not vals or min(vals) < 1:
+        raise argparse.ArgumentTypeError(f"step counts must be ≥ 1, got {text!r}")
+    return vals
+
+
+def _shared(q, *, n_default: int) -> None:
+    q.add_argument("--ckpt", required=True, help="run dir, checkpoint dir, .safetensors, diffusers folder or Hub id")
+    q.add_argument("-n", "--num", type=common.positive_int, default=n_default,
+                   help=f"images per setting (default {n_default}; the floor needs n ≤ 2500)")
+    q.add_argument("--class", dest="classes", type=_classes, default="all", metavar="all|null|C",
+                   help="requested classes of a conditional model: all (image i gets i %% 10, default; "
+                        "scores accuracy), null (unconditional samples) or one class")
+    q.add_argument("--features", default="digits", choices=("digits",),
+                   help="feature network (digits: the shipped 28×28 digits classifier)")
+    q.add_argument("--batch-size", type=common.positive_int, default=100, help="sampling batch size (default 100)")
+    q.add_argument("--seed", type=common.non_negative_int, default=0,
+                   help="image i depends only on (seed, i) (default 0)")
+    q.add_argument("--raw", action="store_true", help="sample with the raw instead of the EMA weights")
+    common.add_runtime_args(q)
+    common.add_speed_args(q)
+
+
+def add_parsers(sub) -> None:
+    q = sub.add_parser("quality", help="FD, KID, precision/recall, class accuracy on digits features",
+                       description=__doc__)
+    _shared(q, n_default=500)
+    common.add_sampler_args(q, classes=False)
+    q.add_argument("--json", help="write the scores (and the real-vs-real floor) to this JSON file")
+    q.set_defaults(func=run_quality)
+
+    q = sub.add_parser("sweep", help="quality against cost over samplers × steps × guidance (resumable)",
+                       description=__doc__)
+    _shared(q, n_default=500)
+    q.add_argument("--samplers", required=True,
+                   help="comma list of samplers with options after ':', e.g. ddpm,ddim:eta=0,ddim:eta=1")
+    q.add_argument("--steps", type=_ints, required=True, help="comma list of step counts, e.g. 10,20,50,1000")
+    q.add_argument("--spacing", help="timestep spacing for every setting (default: each sampler's own)")
+    q.add_argument("--guidance", type=_floats, default=[0.0], help="comma list of guidance weights w (default 0)")
+    q.add_argument("--json", required=True, help="the sweep's table; rows already in it are kept, not re-run")
+    q.add_argument("--plot", help="write FD vs NFE and vs seconds to this PNG")
+    q.set_defaults(func=run_sweep)
+
+
+def _load(args):
+    from ddpm.checkpoint import load_checkpoint
+    from ddpm.evaluate.sweep import check_digits_shaped
+
+    device = common.setup_runtime(args)
+    ck = load_checkpoint(args.ckpt, use_ema=not args.raw, device=device)
+    check_digits_shaped(ck.config)
+    return ck, device
+
+
+def run_quality(args: argparse.Namespace) -> int:
+    from ddpm.evaluate.sweep import format_floor, format_row, measure
+
+    if args.json:
+        common.check_output(args.json)
+    ck, device = _load(args)
+    sampler = common.sampler_config_from_args(args, ck.config.sampling)
+    row = measure(ck, sampler, n=args.num, classes=args.classes, seed=args.seed, batch_size=args.batch_size,
+                  device=device, progress=common.show_progress(args), fast=common.fast_path_from_args(args, device))
+    print(format_row(row))
+    if "floor" in row:
+        print(format_floor(row["floor"], args.num))
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(row, indent=1) + "\n")
+        print(f"wrote {args.json}")
+    return 0
+
+
+def run_sweep(args: argparse.Namespace) -> int:
+    from ddpm.evaluate.quality import real_floor
+    from ddpm.evaluate.sweep import format_floor, parse_samplers, plot_sweep, run_sweep, sampler_configs
+    from ddpm.sampling.registry import resolve_sampler
+
+    common.check_output(args.json)
+    if args.plot:
+        common.check_output(args.plot)
+    ck, device = _load(args)
+    configs = sampler_configs(ck.config.sampling, parse_samplers(args.samplers), args.steps, args.guidance,
+                              args.spacing)
+    cond = ck.config.model.num_classes is not None and args.classes != "null"
+    for cfg in configs:  # every setting checked before the first image is drawn
+        resolve_sampler(cfg, ck.diffusion.num_timesteps, num_classes=ck.config.model.num_classes, labels=cond)
+    print(f"{len(configs)} settings × {args.num} images on {device}; table: {args.json}")
+    rows = run_sweep(ck, configs, n=args.num, json_path=args.json, classes=args.classes, seed=args.seed,
+                     batch_size=args.batch_size, device=device, progress=common.show_progress(args),
+                     fast=common.fast_path_from_args(args, device))
+    floor = real_floor(args.num) if args.num <= 2500 else None
+    if floor:
+        print(format_floor(floor, args.num))
+    if args.plot:
+        plot_sweep(rows, args.plot, floor=floor, title=f"{ck.path} — n = {args.num} per point")
+        print(f"wrote {args.plot}")
+    return 0

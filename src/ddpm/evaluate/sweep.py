@@ -1,0 +1,219 @@
+"""Quality against cost: sample with one sampler setting, time it, score it (:mod:`.quality`), and
+sweep many settings into one resumable table and plot.
+
+A row is keyed by its sampler settings (name, steps, spacing, options, guidance, classes), n and seed;
+a sweep appends each finished row to its JSON file (written whole and renamed, so an interrupted sweep
+leaves the previous file intact) and skips rows already there when run again.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+
+from ddpm.errors import ConfigError
+
+
+def class_labels(mode, num_classes: int | None, n: int):
+    """``mode``: "all" (image i gets class i % K), "null" (the null label), or one class index."""
+    if mode == "null" or num_classes is None:
+        if mode not in ("null", "all", None) and num_classes is None:
+            raise ConfigError("--class needs a class-conditional model; this checkpoint is unconditional")
+        return None
+    if mode in ("all", None):
+        return [i % num_classes for i in range(n)]
+    if not 0 <= int(mode) < num_classes:
+        raise ConfigError(f"--class must be in 0..{num_classes - 1}, 'all' or 'null', got {mode}")
+    return int(mode)
+
+
+def check_digits_shaped(config) -> None:
+    shape = tuple(config.model.image_shape)
+    if shape != (1, 28, 28):
+        raise ConfigError(f"--features digits scores 28×28 grey images, but this model makes {shape[1]}×{shape[2]} "
+                          f"images with {shape[0]} channel(s); it works for models trained on digits or mnist "
+                          "at resolution 28")
+
+
+def measure(ck, sampler, *, n: int, classes="all", seed: int = 0, batch_size: int = 100, device=None,
+            progress: bool = False, fast=None, with_floor: bool = True) -> dict:
+    """Generate n images from checkpoint ``ck`` with ``sampler`` (a SamplerConfig), score them, and
+    return one row: the settings, n, nfe, seconds, seconds_per_image and the scores (and the floor)."""
+    import torch
+
+    from ddpm.evaluate.quality import real_floor, score_images
+    from ddpm.sampling.api import generate
+    from ddpm.sampling.registry import resolve_sampler
+
+    check_digits_shaped(ck.config)
+    num_classes = ck.config.model.num_classes
+    labels = class_labels(classes, num_classes, n)
+    resolved = resolve_sampler(sampler, ck.diffusion.num_timesteps, num_classes=num_classes,
+                               labels=labels is not None)
+    t0 = time.perf_counter()
+    x = generate(ck.model, ck.diffusion, n, batch_size=batch_size, sampler=sampler, class_labels=labels,
+                 seed=seed, device=device, progress=progress, fast=fast)
+    seconds = time.perf_counter() - t0
+    requested = None
+    if labels is not None:
+        requested = np.asarray(labels if isinstance(labels, list) else [labels] * n)
+    report = score_images(x, requested, seed=seed)
+    row = {**row_key(sampler, n=n, classes=classes if num_classes else "null", seed=seed),
+           "describe": resolved.describe(), "nfe": resolved.nfe(ck.diffusion.num_timesteps),
+           "batch_factor": 2 if resolved.guidance else 1, "seconds": round(seconds, 3),
+           "seconds_per_image": seconds / n, "threads": torch.get_num_threads(), "device": str(x.device if device is None else device),
+           "checkpoint": str(ck.path) if ck.path else None, "step": ck.step, "weights": ck.weights,
+           **report.as_dict()}
+    if with_floor and n <= 2500:
+        row["floor"] = real_floor(n)
+    return row
+
+
+def row_key(sampler, *, n: int, classes, seed: int) -> dict:
+    return {"sampler": sampler.sampler, "steps": sampler.steps, "spacing": sampler.spacing,
+            "options": dict(sampler.options), "guidance": sampler.guidance, "clip": sampler.clip_denoised,
+            "classes": classes, "n": n, "seed": seed}
+
+
+def _same(row: dict, key: dict) -> bool:
+    return all(row.get(k) == v for k, v in key.items())
+
+
+def parse_samplers(text: str) -> list[tuple[str, dict]]:
+    """``ddpm,ddim:eta=0,ddim:eta=1`` → [(name, options)]; option values are numbers when they parse."""
+    out = []
+    for item in filter(None, (s.strip() for s in text.split(","))):
+        name, *opts = item.split(":")
+        options = {}
+        for o in opts:
+            k, sep, v = o.partition("=")
+            if not sep or not k:
+                raise ConfigError(f"sampler option {o!r} in {item!r} should look like NAME=VALUE (e.g. ddim:eta=1)")
+            try:
+                options[k] = float(v) if any(c in v for c in ".e") or not v.lstrip("-").isdigit() else int(v)
+            except ValueError:
+                options[k] = v
+        out.append((name, options))
+    if not out:
+        raise ConfigError("--samplers is empty; give e.g. ddpm,ddim:eta=0")
+    return out
+
+
+def load_rows(path: str | os.PathLike) -> list[dict]:
+    path = Path(path)
+    if not path.exists():
+        return []
+    try:
+        data = json.loads(path.read_text())
+        return list(data["rows"])
+    except (ValueError, KeyError, TypeError):
+        raise ConfigError(f"{path} is not a sweep file written by `ddpm eval sweep`; give another --json") from None
+
+
+def write_rows(path: str | os.PathLike, rows: list[dict], meta: dict) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps({**meta, "rows": rows}, indent=1) + "\n")
+    os.replace(tmp, path)
+
+
+def run_sweep(ck, configs: list, *, n: int, json_path, classes="all", seed: int = 0, batch_size: int = 100,
+              device=None, progress: bool = False, fast=None, log=print) -> list[dict]:
+    """Measure every SamplerConfig in ``configs`` that ``json_path`` does not already hold."""
+    from ddpm.evaluate.quality import real_floor
+
+    rows = load_rows(json_path)
+    cls = classes if ck.config.model.num_classes else "null"
+    meta = {"checkpoint": str(ck.path) if ck.path else None, "step": ck.step,
+            "floor": {"n": n, **real_floor(n)} if n <= 2500 else None}
+    for i, cfg in enumerate(configs):
+        key = row_key(cfg, n=n, classes=cls, seed=seed)
+        if any(_same(r, key) for r in rows):
+            log(f"[{i + 1}/{len(configs)}] {cfg.sampler} steps={cfg.steps} {cfg.options} w={cfg.guidance}: done before, kept")
+            continue
+        row = measure(ck, cfg, n=n, classes=classes, seed=seed, batch_size=batch_size, device=device,
+                      progress=progress, fast=fast, with_floor=False)
+        rows.append(row)
+        write_rows(json_path, rows, meta)
+        log(f"[{i + 1}/{len(configs)}] {format_row(row)}")
+    write_rows(json_path, rows, meta)
+    return rows
+
+
+def format_row(r: dict) -> str:
+    acc = "" if r.get("accuracy") is None else f"  acc {100 * r['accuracy']:5.1f} ± {100 * r['accuracy_std']:.1f}%"
+    return (f"{r['describe']:<44} NFE {r['nfe']:>5}  FD {r['fd']:8.2f} ± {r['fd_std']:6.2f}  "
+            f"KID {r['kid']:.4f} ± {r['kid_std']:.4f}  P {r['precision']:.3f} R {r['recall']:.3f}"
+            f"{acc}  {r['seconds_per_image']:.3f} s/img")
+
+
+def format_floor(floor: dict, n: int) -> str:
+    fd, kid, p, r, acc = (floor[k] for k in ("fd", "kid", "precision", "recall", "accuracy"))
+    return (f"{'real vs real (floor), n = ' + str(n):<44} {'':>9}  FD {fd[0]:8.2f} ± {fd[1]:6.2f}  "
+            f"KID {kid[0]:.4f} ± {kid[1]:.4f}  P {p[0]:.3f} R {r[0]:.3f}  acc {100 * acc[0]:5.1f}%")
+
+
+def _label(r: dict) -> str:
+    opts = ",".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in sorted(r["options"].items()))
+    w = f" w={r['guidance']:g}" if r["guidance"] else ""
+    return f"{r['sampler']}" + (f" {opts}" if opts else "") + w
+
+
+def plot_sweep(rows: list[dict], path, *, floor: dict | None = None, title: str = "") -> Path:
+    """FD against NFE and against seconds per image (log x), one line per sampler setting, with the
+    real-vs-real floor as a band."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    groups: dict[str, list[dict]] = {}
+    for r in rows:
+        groups.setdefault(_label(r), []).append(r)
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), sharey=True)
+    for ax, xkey, xlabel in ((axes[0], "nfe", "network evaluations per image (NFE)"),
+                             (axes[1], "seconds_per_image", "seconds per image")):
+        for label, rs in groups.items():
+            rs = sorted(rs, key=lambda r: r[xkey])
+            ax.errorbar([r[xkey] for r in rs], [r["fd"] for r in rs], yerr=[r["fd_std"] for r in rs],
+                        marker="o", ms=4, capsize=2, label=label)
+        if floor:
+            m, s = floor["fd"]
+            ax.axhspan(max(m - s, 1e-3), m + s, color="grey", alpha=0.3, label="real vs real (floor)")
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xlabel(xlabel)
+        ax.grid(True, which="both", alpha=0.3)
+    axes[0].set_ylabel("FD (digits features)")
+    axes[0].legend(fontsize=7)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.stem + ".tmp" + path.suffix)
+    fig.savefig(tmp, dpi=120)
+    plt.close(fig)
+    os.replace(tmp, path)
+    return path
+
+
+def sampler_configs(base, samplers: list[tuple[str, dict]], steps: list[int | None], guidances: list[float],
+                    spacing: str | None = None) -> list:
+    """The cross product of samplers × steps × guidance as SamplerConfigs on top of ``base``."""
+    from ddpm.sampling.api import sampler_config
+
+    out = []
+    for name, options in samplers:
+        for k in steps:
+            for w in guidances:
+                start = base if base is not None and name == base.sampler else name
+                cfg = sampler_config(start, steps=k, spacing=spacing, guidance=w, options=options)
+                out.append(dataclasses.replace(cfg, options=dict(cfg.options)))
+    return out

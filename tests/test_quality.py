@@ -1,0 +1,169 @@
+"""The quality instrument: metric maths against closed forms, the shipped digits classifier, the
+real-vs-real floor, and `ddpm eval quality|sweep` end to end on the shipped checkpoint."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from ddpm.cli import main
+from ddpm.errors import ConfigError
+from ddpm.evaluate import digits_classifier as dc
+from ddpm.evaluate import quality as q
+from ddpm.evaluate.sweep import parse_samplers
+
+
+# -------------------------------------------------------------------------------------- maths
+def test_fd_of_gaussians_matches_the_closed_form():
+    # N(m1, diag(s1²)) vs N(m2, diag(s2²)): FD = |m1-m2|² + Σ (s1 - s2)²
+    rng = np.random.default_rng(0)
+    d, n = 4, 200_000
+    m1, m2 = np.array([0.0, 1.0, -1.0, 2.0]), np.array([0.5, 1.0, 0.0, 2.0])
+    s1, s2 = np.array([1.0, 2.0, 0.5, 1.0]), np.array([1.0, 1.0, 1.5, 3.0])
+    a = m1 + s1 * rng.standard_normal((n, d))
+    b = m2 + s2 * rng.standard_normal((n, d))
+    exact = ((m1 - m2) ** 2).sum() + ((s1 - s2) ** 2).sum()
+    assert q.fd(a, b) == pytest.approx(exact, rel=0.02)
+    assert q.fd(a, a) == pytest.approx(0.0, abs=1e-8)
+
+
+def test_kid_is_unbiased_for_one_distribution_and_positive_for_two():
+    rng = np.random.default_rng(1)
+    vals = [q.mmd2_unbiased(rng.standard_normal((50, 8)), rng.standard_normal((50, 8))) for _ in range(400)]
+    se = np.std(vals) / np.sqrt(len(vals))
+    assert abs(np.mean(vals)) < 3 * se  # expectation 0: an unbiased estimator
+    assert min(vals) < 0 < max(vals)  # so single values straddle 0, unlike a biased V-statistic
+    shifted, _ = q.kid(rng.standard_normal((300, 8)) + 0.5, rng.standard_normal((300, 8)), subset=100, subsets=20)
+    assert shifted > 20 * se
+
+
+def test_precision_recall_on_constructed_point_sets():
+    rng = np.random.default_rng(2)
+    real = rng.standard_normal((400, 2))
+    same = rng.standard_normal((400, 2))
+    p, r = q.precision_recall(real, same)
+    assert p > 0.9 and r > 0.9
+    # a generator that collapsed to one corner of the data: precise but without recall
+    collapsed = real[(real[:, 0] > 0.5) & (real[:, 1] > 0.5)] + 0.01 * rng.standard_normal((1, 2))
+    p, r = q.precision_recall(real, np.repeat(collapsed, 4, axis=0)[:400])
+    assert p > 0.95 and r < 0.3
+    # samples far from the data: neither
+    p, r = q.precision_recall(real, same + 50.0)
+    assert p == 0.0 and r == 0.0
+
+
+def test_confusion_and_accuracy():
+    m = q.confusion([0, 0, 1, 2], [0, 1, 1, 2], classes=3)
+    assert m.tolist() == [[1, 1, 0], [0, 1, 0], [0, 0, 1]]
+
+
+# ---------------------------------------------------------------------------------- classifier
+def test_shipped_classifier_accuracy_and_record():
+    record = json.loads((dc.asset_dir() / "record.json").read_text())
+    from ddpm.data.digits import load_digits
+
+    acc = dc.accuracy(dc.load(), *load_digits("test"))
+    assert acc == pytest.approx(record["heldout_accuracy"], abs=1e-9)  # the shipped number is reproducible
+    assert acc >= 0.98
+    assert record["train_images"] == 4500
+    assert sum(p.numel() for p in dc.load().parameters()) == record["parameters"]
+
+
+def test_classifier_refuses_other_shapes():
+    with pytest.raises(ConfigError, match="28×28 grey"):
+        dc.to_input(torch.zeros(2, 3, 32, 32))
+
+
+def test_real_floor_is_below_degraded_real_digits():
+    from ddpm.data.digits import load_all
+
+    n = 200
+    floor = q.real_floor(n, draws=3)
+    images, labels = load_all()
+    rng = np.random.default_rng(0)
+    idx = rng.choice(len(images), n, replace=False)
+    noisy = np.clip(images[idx].astype(np.float64) + rng.normal(0, 60, (n, 28, 28)), 0, 255).astype(np.uint8)
+    blurred = ((images[idx].astype(np.float64) + np.roll(images[idx], 2, 1) + np.roll(images[idx], 2, 2)) / 3
+               ).astype(np.uint8)
+    for degraded in (noisy, blurred):
+        r = q.score_images(degraded, labels[idx])
+        assert r.fd > floor["fd"][0] + 3 * floor["fd"][1] + 3 * r.fd_std
+        assert r.kid > floor["kid"][0] + 3 * floor["kid"][1]
+    assert floor["accuracy"][0] > 0.98 and floor["precision"][0] > 0.6 and floor["recall"][0] > 0.6
+
+
+def test_score_needs_enough_images():
+    with pytest.raises(ConfigError, match="at least 10"):
+        q.score_features(np.zeros((5, 128)), np.full((5, 10), 0.1))
+
+
+def test_parse_samplers():
+    assert parse_samplers("ddpm,ddim:eta=0,ddim:eta=0.5") == [("ddpm", {}), ("ddim", {"eta": 0}),
+                                                              ("ddim", {"eta": 0.5})]
+    with pytest.raises(ConfigError, match="NAME=VALUE"):
+        parse_samplers("ddim:eta")
+
+
+# ------------------------------------------------------------------------------------------ CLI
+ASSET = "src/ddpm/assets/digits"
+
+
+def exit_code(argv) -> int:
+    """main's return value, or argparse's exit status for errors it reports itself."""
+    try:
+        return main(argv)
+    except SystemExit as e:
+        return e.code
+
+
+def test_eval_quality_on_the_shipped_checkpoint(tmp_path, capsys):
+    out = tmp_path / "q.json"
+    assert main(["eval", "quality", "--ckpt", ASSET, "-n", "20", "--sampler", "ddim", "--steps", "3",
+                 "--json", str(out), "--no-progress"]) == 0
+    row = json.loads(out.read_text())
+    for key in ("fd", "fd_std", "kid", "kid_std", "precision", "recall", "accuracy", "confusion", "n", "nfe",
+                "seconds", "seconds_per_image", "floor"):
+        assert key in row, key
+    assert row["n"] == 20 and row["nfe"] == 3 and row["sampler"] == "ddim"
+    assert np.array(row["confusion"]).sum() == 20
+    assert row["fd"] > row["floor"]["fd"][0]  # three DDIM steps are far from real digits
+    printed = capsys.readouterr().out
+    assert "FD" in printed and "floor" in printed
+
+
+def test_eval_sweep_resumes_and_plots(tmp_path, capsys):
+    out, png = tmp_path / "s.json", tmp_path / "s.png"
+    argv = ["eval", "sweep", "--ckpt", ASSET, "-n", "12", "--samplers", "ddim:eta=0,ddim:eta=1",
+            "--steps", "2,3", "--json", str(out), "--plot", str(png), "--no-progress"]
+    assert main(argv) == 0
+    rows = json.loads(out.read_text())["rows"]
+    assert sorted((r["options"]["eta"], r["steps"]) for r in rows) == [(0, 2), (0, 3), (1, 2), (1, 3)]
+    assert png.stat().st_size > 0
+    first = [r["fd"] for r in rows]
+    capsys.readouterr()
+    assert main(argv) == 0  # a second run re-uses every row
+    assert capsys.readouterr().out.count("done before, kept") == 4
+    assert [r["fd"] for r in json.loads(out.read_text())["rows"]] == first
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--sampler", "nope"], "invalid choice"),
+    (["-n", "5"], "at least 10"),
+    (["--class", "12"], "0..9"),
+])
+def test_eval_quality_errors_are_one_line(argv, message, capsys):
+    assert exit_code(["eval", "quality", "--ckpt", ASSET, "--steps", "2", "--no-progress", *argv]) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and "Traceback" not in err
+
+
+def test_eval_quality_refuses_models_that_do_not_make_digits(tmp_path, capsys):
+    from ddpm.checkpoint import save_checkpoint
+    from ddpm.models.registry import build_model
+    from ddpm.presets import get_preset
+
+    cfg = get_preset("repro-tiny")  # 16×16 digits: the classifier does not take them
+    save_checkpoint(tmp_path / "ck", config=cfg, step=0, ema_state=build_model(cfg.model).state_dict())
+    assert exit_code(["eval", "quality", "--ckpt", str(tmp_path / "ck"), "--no-progress"]) == 2
+    assert "28×28 grey" in capsys.readouterr().err
