@@ -91,8 +91,10 @@ def test_scheduler_mapping():
     assert (learned.var_type, learned.schedule, learned.num_timesteps, learned.loss_type) == (
         "learned_range", "cosine", 4000, "hybrid")
     assert diffusion_config_from_scheduler(scheduler_config_for(d)) == d
-    with pytest.raises(ConfigError, match="v_prediction"):
-        diffusion_config_from_scheduler({**HUB_SCHEDULER, "prediction_type": "v_prediction"})
+    v = diffusion_config_from_scheduler({**HUB_SCHEDULER, "prediction_type": "v_prediction"})
+    assert v.mean_type == "v" and diffusion_config_from_scheduler(scheduler_config_for(v)) == v
+    with pytest.raises(ConfigError, match="prediction_type"):
+        diffusion_config_from_scheduler({**HUB_SCHEDULER, "prediction_type": "velocity"})
     with pytest.raises(ConfigError, match="trained_betas"):
         diffusion_config_from_scheduler({**HUB_SCHEDULER, "trained_betas": [0.1] * 10})
 

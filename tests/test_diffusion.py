@@ -49,7 +49,7 @@ def test_options_and_forbidden_combinations():
         else:
             d = make(10, mean, var, loss)
             assert (d.mean_type, d.var_type, d.loss_type, d.num_timesteps) == (mean, var, loss, 10)
-    with pytest.raises(ConfigError, match="eps, xstart, xprev"):
+    with pytest.raises(ConfigError, match="eps, xstart, xprev, v"):
         make(10, mean="epsilon")
     with pytest.raises(ConfigError, match="fixedlarge"):
         make(10, var="fixed_large")
@@ -169,6 +169,35 @@ def test_xstart_and_xprev_parameterisations():
     assert torch.equal(wild["mean"], mu * 50) and wild["pred_xstart"].abs().max() <= 1
 
 
+def test_v_parameterisation():
+    """v = √ᾱ ε − √(1−ᾱ) x0 (Salimans & Ho 2022, App. D): the true v gives back x0 and the posterior
+    mean, and x̂0 from v equals x̂0 from the ε that v implies (the rotation of (x0, ε) by φ_t)."""
+    d = make(mean="v")
+    x0, eps = images(3, dtype=torch.float64), torch.randn(3, 3, 4, 4, dtype=torch.float64)
+    t = torch.tensor([0, 300, 999])
+    xt = d.q_sample(x0, t, noise=eps)
+    v = d.v_target(x0, t, eps)
+    out = d.p_mean_variance(lambda x, t: v, xt, t, clip_denoised=False)
+    torch.testing.assert_close(out["pred_xstart"], x0, rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(out["mean"], d.q_posterior_mean_variance(x0, xt, t)[0], rtol=1e-10, atol=1e-10)
+    # any output: x̂0(v) = x̂0(ε) with ε = √ᾱ v + √(1−ᾱ) x_t
+    w = torch.randn_like(xt)
+    sa, s1 = d.gather("sqrt_alphas_cumprod", t, xt), d.gather("sqrt_one_minus_alphas_cumprod", t, xt)
+    torch.testing.assert_close(d.predict_xstart_from_v(xt, t, w), d.predict_xstart_from_eps(xt, t, sa * w + s1 * xt),
+                               rtol=1e-9, atol=1e-9)
+
+
+def test_v_prediction_matches_diffusers_scheduler():
+    diffusers = pytest.importorskip("diffusers")
+    sched = diffusers.DDPMScheduler(num_train_timesteps=1000, prediction_type="v_prediction", clip_sample=False)
+    d = make(mean="v")
+    xt, out = torch.randn(2, 3, 4, 4), torch.randn(2, 3, 4, 4)
+    for step in (0, 10, 500, 999):
+        theirs = sched.step(out, step, xt, generator=torch.Generator().manual_seed(0)).pred_original_sample
+        ours = d.p_mean_variance(lambda x, t: out, xt, torch.full((2,), step), clip_denoised=False)["pred_xstart"]
+        torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-5)
+
+
 def test_variance_types():
     x = images(3, dtype=torch.float64)
     t = torch.tensor([0, 1, 999])
@@ -200,7 +229,9 @@ def test_mse_loss_by_hand(mean):
     pred = torch.randn(3, 3, 4, 4)
     losses = d.training_losses(lambda x, t: pred, x0, t, noise=eps)
     xt = d.q_sample(x0, t, noise=eps)
-    target = {"eps": eps, "xstart": x0, "xprev": d.q_posterior_mean_variance(x0, xt, t)[0]}[mean]
+    sa, s1 = d.gather("sqrt_alphas_cumprod", t, x0), d.gather("sqrt_one_minus_alphas_cumprod", t, x0)
+    target = {"eps": eps, "xstart": x0, "xprev": d.q_posterior_mean_variance(x0, xt, t)[0],
+              "v": sa * eps - s1 * x0}[mean]
     expect = ((target - pred) ** 2).mean(dim=(1, 2, 3))
     torch.testing.assert_close(losses["loss"], expect)
     assert set(losses) == {"loss", "mse"}
@@ -267,7 +298,7 @@ ALLOWED = [c for c in itertools.product(MEAN_TYPES, VAR_TYPES, LOSS_TYPES)
 
 
 def test_allowed_combinations_count():
-    assert len(ALLOWED) == 3 * (2 * 2 + 2 * 2)  # per mean type: fixed × {mse, kl} + learned × {kl, hybrid}
+    assert len(ALLOWED) == 4 * (2 * 2 + 2 * 2)  # per mean type: fixed × {mse, kl} + learned × {kl, hybrid}
 
 
 @pytest.mark.parametrize("mean,var,loss", ALLOWED)

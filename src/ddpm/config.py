@@ -29,7 +29,7 @@ class DiffusionConfig:
     beta_start: float = 1e-4
     beta_end: float = 0.02
     num_timesteps: int = 1000
-    mean_type: str = "eps"  # eps | xstart | xprev
+    mean_type: str = "eps"  # eps | xstart | xprev | v
     var_type: str = "fixedlarge"  # fixedlarge | fixedsmall | learned | learned_range
     loss_type: str = "mse"  # mse | kl | hybrid
 

@@ -29,7 +29,7 @@ from ddpm.likelihoods import (
 )
 from ddpm.schedules import compute_tables
 
-MEAN_TYPES = ("eps", "xstart", "xprev")
+MEAN_TYPES = ("eps", "xstart", "xprev", "v")
 VAR_TYPES = ("fixedlarge", "fixedsmall", "learned", "learned_range")
 LOSS_TYPES = ("mse", "kl", "hybrid")
 LEARNED_VARS = ("learned", "learned_range")
@@ -45,8 +45,9 @@ class GaussianDiffusion:
 
     Args:
         betas: β_1..β_T (any 1-D array-like in (0, 1]).
-        mean_type: what the network predicts — ``eps`` (ε, the paper's choice), ``xstart`` (x0) or
-            ``xprev`` (the posterior mean μ̃ directly).
+        mean_type: what the network predicts — ``eps`` (ε, the paper's choice), ``xstart`` (x0),
+            ``xprev`` (the posterior mean μ̃ directly) or ``v`` (v = √ᾱ_t ε − √(1−ᾱ_t) x0, the
+            "velocity" of Salimans & Ho 2022, §4 and App. D, used by progressive distillation).
         var_type: ``fixedlarge`` (σ² = β, β̃_1 at t = 0; the CIFAR-10 default), ``fixedsmall``
             (σ² = β̃), ``learned`` (network outputs log σ²) or ``learned_range`` (network outputs v,
             log σ² = (v+1)/2·log β + (1−(v+1)/2)·log β̃).
@@ -177,6 +178,18 @@ class GaussianDiffusion:
             "sqrt_recipm1_alphas_cumprod", t, x_t
         )
 
+    def predict_xstart_from_v(self, x_t: torch.Tensor, t: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        """x̂0 = √ᾱ_t x_t − √(1−ᾱ_t) v (Salimans & Ho 2022, App. D: x = α z − σ v with α² + σ² = 1)."""
+        return self.gather("sqrt_alphas_cumprod", t, x_t) * x_t - self.gather(
+            "sqrt_one_minus_alphas_cumprod", t, x_t
+        ) * v
+
+    def v_target(self, x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+        """v = √ᾱ_t ε − √(1−ᾱ_t) x0, the training target of a ``v`` model."""
+        return self.gather("sqrt_alphas_cumprod", t, x0) * noise - self.gather(
+            "sqrt_one_minus_alphas_cumprod", t, x0
+        ) * x0
+
     def predict_xstart_from_xprev(self, x_t: torch.Tensor, t: torch.Tensor, xprev: torch.Tensor) -> torch.Tensor:
         """x̂0 from a posterior mean: (μ − coef2 x_t) / coef1."""
         return self.gather("xprev_coef1", t, x_t) * xprev - self.gather("xprev_coef2", t, x_t) * x_t
@@ -258,6 +271,8 @@ class GaussianDiffusion:
         else:
             if self.mean_type == "xstart":
                 pred_xstart = process(out)
+            elif self.mean_type == "v":
+                pred_xstart = process(self.predict_xstart_from_v(x_t, t, out))
             else:
                 pred_xstart = process(self.predict_xstart_from_eps(x_t, t, out))
             mean = self._posterior_mean(pred_xstart, x_t, t)
@@ -309,6 +324,8 @@ class GaussianDiffusion:
             target = noise
         elif self.mean_type == "xstart":
             target = x0
+        elif self.mean_type == "v":
+            target = self.v_target(x0, t, noise)
         else:
             target = self.q_posterior_mean_variance(x0, x_t, t)[0]
         terms["mse"] = mean_flat((target - out) ** 2)

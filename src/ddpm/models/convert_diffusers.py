@@ -53,7 +53,7 @@ _VAR_TYPES = {
     "fixed_large": "fixedlarge", "fixed_large_log": "fixedlarge",
     "learned": "learned", "learned_range": "learned_range",
 }
-_MEAN_TYPES = {"epsilon": "eps", "sample": "xstart"}
+_MEAN_TYPES = {"epsilon": "eps", "sample": "xstart", "v_prediction": "v"}
 
 
 def unet_config_from_diffusers(cfg: dict[str, Any]) -> UNetConfig:
