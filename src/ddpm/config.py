@@ -73,6 +73,10 @@ class TrainConfig:
     keep_checkpoints: int = 2
     num_sample_images: int = 64
     sample_steps: int | None = None  # steps of the periodic sample grids (None: the full T-step chain)
+    # What a step minimises (ddpm.train.objectives): "diffusion" is the paper's loss (diffusion.loss_type);
+    # other entries train classifiers, distilled students, autoencoders with the same loop.
+    objective: str = "diffusion"
+    objective_options: dict = field(default_factory=dict)
 
 
 @dataclass
@@ -207,7 +211,7 @@ SECTIONS = ("model", "diffusion", "train", "data", "sampling")
 
 def apply_overrides(cfg: Config, overrides: list[str]) -> Config:
     """Apply ``section.field=value`` strings (e.g. ``train.lr=1e-4``, ``model.ch_mult=1,2,2``,
-    ``sampling.options.eta=0.5``).
+    ``sampling.options.eta=0.5``, ``train.objective_options.NAME=value``).
 
     Values are parsed as JSON where possible; comma lists become tuples. Returns a new Config.
     Derived network fields (image shape, classes, output channels) are refused with the setting to
@@ -221,6 +225,9 @@ def apply_overrides(cfg: Config, overrides: list[str]) -> Config:
         section, name = key.split(".", 1)
         if section == "sampling" and name.startswith("options."):
             d["sampling"]["options"][name.split(".", 1)[1]] = _parse_value(raw)
+            continue
+        if section == "train" and name.startswith("objective_options."):
+            d["train"]["objective_options"][name.split(".", 1)[1]] = _parse_value(raw)
             continue
         if section == "model" and name == "arch":
             d["model"] = {"arch": _parse_value(raw)}

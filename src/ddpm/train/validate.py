@@ -80,4 +80,7 @@ def validate_config(cfg: Config) -> Config:
     from ddpm.train.timesteps import create_timestep_sampler
 
     create_timestep_sampler(t.timestep_sampler, cfg.diffusion.num_timesteps)
+    from ddpm.train.objectives import get_objective, resolve_options
+
+    resolve_options(get_objective(t.objective), t.objective_options)
     return cfg
