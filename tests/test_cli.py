@@ -250,7 +250,7 @@ def _subcommands(parser, prefix=()):
 
 # Commands that run a network or a data pipeline share the runtime conventions; info and the
 # weight converters do neither.
-NO_RUNTIME = {("info",), ("convert", "tf"), ("convert", "diffusers"), ("convert", "to-diffusers")}
+NO_RUNTIME = {("info",), ("convert", "tf"), ("convert", "dit"), ("convert", "diffusers"), ("convert", "to-diffusers")}
 
 
 def test_every_subcommand_follows_the_conventions():

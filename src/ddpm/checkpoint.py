@@ -296,7 +296,8 @@ def config_from_metadata(meta: dict[str, str], path: Path) -> Config:
 def _is_diffusers(d: Path) -> bool:
     if (d / "model_index.json").is_file() or any(d.glob("diffusion_pytorch_model.*")):
         return True
-    return (d / "unet").is_dir() and any((d / "unet").glob("diffusion_pytorch_model.*"))
+    return any((d / sub).is_dir() and any((d / sub).glob("diffusion_pytorch_model.*"))
+               for sub in ("unet", "transformer", "vae"))
 
 
 def resolve_checkpoint(path: str | os.PathLike) -> Path:

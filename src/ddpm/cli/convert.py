@@ -1,6 +1,7 @@
-"""``ddpm convert tf|diffusers|to-diffusers SRC OUT``: published weights <-> ddpm checkpoint dirs.
+"""``ddpm convert tf|dit|diffusers|to-diffusers SRC OUT``: published weights <-> ddpm checkpoint dirs.
 
-Thin layer over :mod:`ddpm.models.convert_tf` and :mod:`ddpm.models.convert_diffusers`; the
+Thin layer over :mod:`ddpm.models.convert_tf`, :mod:`ddpm.models.convert_dit` and
+:mod:`ddpm.models.convert_diffusers` (U-Nets, DiTs, autoencoders); the
 checkpoint written is an ordinary ddpm checkpoint directory (``ddpm sample --ckpt OUT`` works).
 See ``docs/network.md``.
 """
@@ -12,7 +13,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from ddpm.cli import common
-from ddpm.config import Config, DiffusionConfig
+from ddpm.config import Config, DiffusionConfig, SamplerConfig
 from ddpm.errors import CheckpointError
 
 
@@ -36,9 +37,26 @@ def add_parser(subparsers) -> None:
     q.add_argument("--force", action="store_true", help="overwrite OUT if it exists")
     q.set_defaults(func=run_tf)
 
-    q = sub.add_parser("diffusers", help="a diffusers UNet2DModel folder (e.g. google/ddpm-cifar10-32)")
+    q = sub.add_parser("dit", help="an official DiT checkpoint (facebookresearch/DiT .pt, read tensors-only, or "
+                                   ".safetensors)")
+    q.add_argument("src", help="DiT-XL-2-256x256.pt, a training ckpt.pt, or a .safetensors copy")
+    q.add_argument("out", help="checkpoint directory to write")
+    q.add_argument("--vae", help="the autoencoder whose latents the DiT models (diffusers AutoencoderKL folder, run "
+                                 "dir or Hub id, e.g. stabilityai/sd-vae-ft-ema): writes a latent model that "
+                                 "samples images; without it, the bare DiT on latents")
+    q.add_argument("--num-heads", type=common.positive_int,
+                   help="attention heads (default: the paper's for the width: 384->6, 768->12, 1024/1152->16)")
+    q.add_argument("--weights", choices=("ema", "model"), default="ema",
+                   help="which weights of a training checkpoint (default ema)")
+    q.add_argument("--scale-factor", type=common.finite_float(0.0),
+                   help="latent scale the DiT was trained with, when --vae publishes none")
+    q.add_argument("--force", action="store_true", help="overwrite OUT if it exists")
+    q.set_defaults(func=run_dit)
+
+    q = sub.add_parser("diffusers", help="a diffusers UNet2DModel (e.g. google/ddpm-cifar10-32), DiT "
+                                         "(facebook/DiT-XL-2-256) or AutoencoderKL (stabilityai/sd-vae-ft-mse) folder")
     q.add_argument("src", help="folder with config.json + diffusion_pytorch_model.safetensors|.bin "
-                               "(or unet/ and scheduler/ subfolders)")
+                               "(or unet/, transformer/, vae/ and scheduler/ subfolders)")
     q.add_argument("out", help="checkpoint directory to write")
     q.add_argument("--var-type", choices=("fixedlarge", "fixedsmall"),
                    help="sampling variance (default: the scheduler config's variance_type)")
@@ -98,13 +116,41 @@ def run_diffusers(args: argparse.Namespace) -> int:
 
     out = _check_out(args.out, args.force)
     model, diffusion = load_diffusers_folder(args.src)
-    if args.var_type:
+    arch = model.config.arch
+    if args.var_type and arch == "unet":
         diffusion.var_type = args.var_type
-    cfg = Config.for_network(model.config, diffusion)
-    # The published diffusers DDPM weights are the authors' EMA weights: store them as such.
+    sampling = SamplerConfig()
+    if arch in ("dit", "latent"):  # DiT's sampler: 250 ancestral steps, latents never clipped
+        sampling = SamplerConfig(steps=250, clip_denoised=False)
+    cfg = Config.for_network(model.config, diffusion, sampling=sampling)
+    # The published diffusers weights are EMA weights (DDPM's, DiT's): store them as such.
     save_checkpoint(out, config=cfg, step=0, ema_state=model.state_dict())
     n = sum(p.numel() for p in model.parameters())
-    print(f"wrote {out} ({n:,} parameters, var_type {diffusion.var_type}, T={diffusion.num_timesteps})")
+    what = {"autoencoder": "autoencoder", "latent": "latent DiT + VAE", "dit": "DiT on latents (no VAE)"}.get(arch, arch)
+    print(f"wrote {out} ({what}, {n:,} parameters, var_type {diffusion.var_type}, T={diffusion.num_timesteps})")
+    return 0
+
+
+def run_dit(args: argparse.Namespace) -> int:
+    from ddpm.checkpoint import save_checkpoint
+    from ddpm.models.convert_dit import (DIT_DIFFUSION, convert_official_state_dict, dit_config_from_official,
+                                         read_official_checkpoint, wrap_latent)
+    from ddpm.models.dit import DiT
+
+    out = _check_out(args.out, args.force)
+    sd = read_official_checkpoint(args.src, weights=args.weights)
+    dit_cfg = dit_config_from_official(sd, num_heads=args.num_heads)
+    model = DiT(dit_cfg)
+    model.load_state_dict(convert_official_state_dict(sd, dit_cfg))
+    learned = dit_cfg.out_channels == 2 * dit_cfg.in_channels
+    diffusion = replace(DIT_DIFFUSION) if learned else DiffusionConfig()
+    if args.vae:
+        model = wrap_latent(model, args.vae, scale_factor=args.scale_factor or 0.0)
+    cfg = Config.for_network(model.config, diffusion, sampling=SamplerConfig(steps=250, clip_denoised=False))
+    save_checkpoint(out, config=cfg, step=0, ema_state=model.state_dict())
+    n = sum(p.numel() for p in model.parameters())
+    kind = f"latent model on {args.vae}" if args.vae else "DiT on latents; pass --vae to sample images"
+    print(f"wrote {out} ({kind}, {n:,} parameters, {args.weights} weights, var_type {diffusion.var_type})")
     return 0
 
 

@@ -76,10 +76,21 @@ def describe(path: str | Path) -> tuple[list[str], dict]:
         kinds.append(f"{f.name} ({'/'.join(sorted(dtypes))})")
     has_ema = any(f.name == "ema.safetensors" for f in weights)
     lines.append(f"weights:     {', '.join(kinds)}; EMA {'present' if has_ema else 'absent'}")
+    if getattr(cfg.model, "arch", None) == "latent":
+        lines.append(f"latent scale: {_latent_scale(weights[0])} (latents = scale x autoencoder latents)")
     resumable = target.is_dir() and (target / "train_state.json").is_file()
     lines.append(f"resumable:   {'yes' if resumable else 'no (weights only)'}")
     lines.append("files:       " + ", ".join(f"{f.name} {f.stat().st_size:,} B" for f in files))
     return lines + _config_lines(cfg), cfg.to_dict()
+
+
+def _latent_scale(path: Path) -> str:
+    """A latent model's scale factor, read from its weights (measured when its run started)."""
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as f:
+        value = float(f.get_tensor("scale_factor")) if "scale_factor" in f.keys() else float("nan")
+    return f"{value:.6g}" if value == value else "not measured yet"
 
 
 def describe_preset(name: str) -> tuple[list[str], dict]:

@@ -2,7 +2,7 @@
 interpolation across t (Fig. 8/9). Each function returns the uint8 grid (HWC) plus the raw tensors;
 the sampling itself is :mod:`ddpm.sampling.experiments`. The paper drew them with Algorithm 2 (the
 default, ``sampler=None``); ``sampler`` (a :class:`ddpm.config.SamplerConfig`) runs them with any
-registered sampler instead.
+registered sampler instead. A latent model's chains run on latents; every image shown is decoded.
 """
 
 from __future__ import annotations
@@ -14,6 +14,31 @@ import torch
 
 from ddpm.errors import ConfigError
 from ddpm.images import make_grid, to_uint8
+
+
+def _shape(model) -> tuple[int, ...]:
+    from ddpm.models.registry import noise_shape
+
+    return noise_shape(model.config)
+
+
+def _to_images(model, x: torch.Tensor) -> torch.Tensor:
+    """``x`` (any leading dims) as images: decoded for a latent model, unchanged for a pixel model."""
+    from ddpm.models.latent import find_latent_model
+
+    latent = find_latent_model(model)
+    if latent is None:
+        return x
+    lead = x.shape[:-3]
+    out = latent.decode_latents(x.reshape(-1, *x.shape[-3:]).to(latent.scale_factor.device)).cpu()
+    return out.reshape(*lead, *out.shape[1:])
+
+
+def _from_images(model, x: torch.Tensor) -> torch.Tensor:
+    from ddpm.models.latent import find_latent_model
+
+    latent = find_latent_model(model)
+    return x if latent is None else latent.encode_images(x)
 
 
 def _rows_to_grid(rows: torch.Tensor) -> np.ndarray:
@@ -34,10 +59,10 @@ def progressive_figure(model, diffusion, *, num_chains: int = 4, num_frames: int
         raise ConfigError(f"num_frames must be in [1, {T}], got {num_frames}")
     every = max(1, T // num_frames)
     g = torch.Generator().manual_seed(seed)
-    out = progressive_samples(diffusion, model, (num_chains, *model.config.image_shape), every=every, generator=g,
+    out = progressive_samples(diffusion, model, (num_chains, *_shape(model)), every=every, generator=g,
                               device=device, progress=progress, model_kwargs=model_kwargs, sampler=sampler)
     preds = out["pred_xstart"].flip(1)  # slot 0 is the last step: put the noisiest first
-    frames = torch.cat([preds, out["sample"].unsqueeze(1)], dim=1).cpu()
+    frames = _to_images(model, torch.cat([preds, out["sample"].unsqueeze(1)], dim=1)).cpu()
     frames_t = [t + 1 for t in reversed(out["timesteps"])] + [0]
     return {"grid": _rows_to_grid(frames), "frames": frames, "frames_t": frames_t}
 
@@ -54,12 +79,13 @@ def shared_latent_figure(model, diffusion, *, share_until: Sequence[int] | None 
     rows, latents = [], []
     for t in share_until:
         g = torch.Generator().manual_seed(seed)  # same x_T in every row
-        out = shared_latent_samples(diffusion, model, (num_samples, *model.config.image_shape), int(t),
+        out = shared_latent_samples(diffusion, model, (num_samples, *_shape(model)), int(t),
                                     generator=g, device=device, progress=progress, model_kwargs=model_kwargs,
                                     sampler=sampler)
         latent = out["latent"][:1].cpu()
         latents.append(latent[0])
-        rows.append(torch.cat([latent.clamp(-1, 1), out["samples"].cpu()], dim=0))
+        rows.append(torch.cat([_to_images(model, latent).clamp(-1, 1), _to_images(model, out["samples"]).cpu()],
+                              dim=0))
     rows = torch.stack(rows)
     return {"grid": _rows_to_grid(rows), "samples": rows[:, 1:], "latents": torch.stack(latents),
             "share_until": share_until}
@@ -78,14 +104,15 @@ def interpolation_figure(model, diffusion, x_a: torch.Tensor, x_b: torch.Tensor,
     x_a, x_b = x_a.reshape(1, *x_a.shape[-3:]), x_b.reshape(1, *x_b.shape[-3:])
     device = next(model.parameters()).device
     x_a, x_b = x_a.to(device), x_b.to(device)
+    z_a, z_b = _from_images(model, x_a), _from_images(model, x_b)  # latent models mix latents
     lambdas = torch.linspace(0, 1, num_lambdas + 2)[1:-1]
     rows = []
     for t in ts:
         g = torch.Generator().manual_seed(seed)
-        out = interpolate(diffusion, model, x_a, x_b, int(t), lambdas, generator=g, progress=progress,
+        out = interpolate(diffusion, model, z_a, z_b, int(t), lambdas, generator=g, progress=progress,
                           model_kwargs=model_kwargs, sampler=sampler)
-        samples = out["samples"][:, 0].cpu()  # (L, C, H, W)
-        rec = out["reconstructions"][:, 0].cpu()
+        samples = _to_images(model, out["samples"][:, 0]).cpu()  # (L, C, H, W)
+        rec = _to_images(model, out["reconstructions"][:, 0]).cpu()
         rows.append(torch.cat([x_a.cpu(), rec[:1], samples, rec[1:], x_b.cpu()], dim=0))
     rows = torch.stack(rows)
     return {"grid": _rows_to_grid(rows), "rows": rows, "ts": ts, "lambdas": lambdas}

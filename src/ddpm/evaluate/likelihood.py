@@ -162,6 +162,9 @@ def evaluate_bpd(
     i % world_size == r and the result is returned on rank 0 only (None elsewhere).
     """
     n = images.shape[0]
+    if getattr(getattr(model, "config", None), "arch", None) in ("latent", "autoencoder"):
+        raise UserError("bits/dim is a pixel likelihood (Ho et al. 2020, §4.2); a latent model's bound is on "
+                        "its latents and an autoencoder has none, so neither is evaluated here")
     if n == 0:
         raise UserError("no images to evaluate")
     if batch_size < 1:

@@ -274,12 +274,38 @@ def read_diffusers_weights(path: Path) -> dict[str, torch.Tensor]:
     return sd
 
 
-def load_diffusers_folder(path: str | Path) -> tuple[UNet, DiffusionConfig]:
-    """A diffusers DDPM folder -> (our ``UNet`` in eval mode, the matching :class:`DiffusionConfig`).
+def diffusers_model_class(path: str | Path) -> str | None:
+    """The ``_class_name`` of the main model in a diffusers folder (``unet/``, ``transformer/``, ``vae/``
+    or the top level), or None."""
+    root = Path(path)
+    for sub in ("unet", "transformer", "", "vae"):
+        cfg = root / sub / "config.json" if sub else root / "config.json"
+        if cfg.is_file():
+            try:
+                return json.loads(cfg.read_text()).get("_class_name")
+            except json.JSONDecodeError:
+                raise CheckpointError(f"{cfg} is not valid JSON") from None
+    return None
 
+
+def load_diffusers_folder(path: str | Path):
+    """A diffusers folder -> (our network in eval mode, the matching :class:`DiffusionConfig`).
+
+    ``UNet2DModel`` folders (the DDPM ports) give a U-Net; ``DiTTransformer2DModel`` folders a DiT, or a
+    latent model when the pipeline has its ``vae/`` (:mod:`ddpm.models.convert_dit`); ``AutoencoderKL``
+    folders an autoencoder (:mod:`ddpm.models.convert_autoencoder`; its diffusion config is unused).
     Without a scheduler config the diffusers ``DDPMScheduler`` defaults are assumed (the paper's
     linear 1e-4 -> 0.02 schedule over 1000 steps, fixed_small variance, epsilon prediction).
     """
+    kind = diffusers_model_class(path)
+    if kind in ("DiTTransformer2DModel", "Transformer2DModel"):
+        from ddpm.models.convert_dit import load_diffusers_dit
+
+        return load_diffusers_dit(path)
+    if kind == "AutoencoderKL":
+        from ddpm.models.convert_autoencoder import load_autoencoder_folder
+
+        return load_autoencoder_folder(path), DiffusionConfig()
     config_path, weights_path, sched_path = find_diffusers_files(path)
     try:
         unet_cfg = unet_config_from_diffusers(json.loads(config_path.read_text()))

@@ -3,7 +3,9 @@
 Each architecture module defines a config dataclass (with an ``arch`` field) and an ``nn.Module``
 built from it, and exposes both as ``ARCH = Architecture(...)``. The config dataclass provides:
 
-- ``image_shape`` — (C, H, W) of what the network denoises;
+- ``image_shape`` — (C, H, W) of the images the model takes and makes (pixels, also for latent models);
+- optionally ``latent_shape`` — (C, H, W) of what the diffusion runs on when that is not the image (a
+  latent model's latents; for an autoencoder, its posterior noise); :func:`noise_shape` reads it;
 - ``with_data(channels=, resolution=, num_classes=, learn_sigma=)`` — the same network for a data set
   and diffusion (inside a :class:`ddpm.config.Config` these fields are derived, never cross-checked);
 - ``validate()`` — ConfigError naming the first bad setting;
@@ -26,6 +28,9 @@ from ddpm.errors import ConfigError
 # arch name -> module defining ARCH; imported on first use.
 ARCHS: dict[str, str] = {
     "unet": "ddpm.models.unet",
+    "dit": "ddpm.models.dit",
+    "autoencoder": "ddpm.models.autoencoder",
+    "latent": "ddpm.models.latent",
 }
 DEFAULT_ARCH = "unet"
 
@@ -74,6 +79,12 @@ def build_model(config, device=None):
         return arch.network(config)
 
 
+def noise_shape(config) -> tuple[int, ...]:
+    """(C, H, W) of the standard normal the trainer and the samplers draw per example: the config's
+    ``latent_shape`` when it has one (latent models, autoencoders), else its ``image_shape``."""
+    return tuple(getattr(config, "latent_shape", None) or config.image_shape)
+
+
 def count_parameters(config) -> int:
     """Parameters of the network ``config`` describes, counted on the meta device (no memory, instant
     even for the largest presets)."""
@@ -81,4 +92,4 @@ def count_parameters(config) -> int:
 
 
 __all__ = ["ARCHS", "Architecture", "build_model", "count_parameters", "default_model_config", "get_arch",
-           "model_config_from_dict"]
+           "model_config_from_dict", "noise_shape"]

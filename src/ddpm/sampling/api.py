@@ -10,6 +10,7 @@ from its own generator (:class:`ddpm.sampling.noise.PerImageNoise`), so image i 
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Callable, Sequence
 
 import numpy as np
@@ -19,6 +20,7 @@ from ddpm.config import SamplerConfig
 from ddpm.errors import ConfigError
 from ddpm.sampling.guidance import ClassifierFreeGuidance
 from ddpm.sampling.noise import GeneratorNoise, PerImageNoise, image_generator
+from ddpm.models.registry import noise_shape
 from ddpm.sampling.registry import ResolvedSampler, resolve_sampler
 
 __all__ = ["generate", "sample", "sampler_config", "PerImageNoise", "image_generator"]
@@ -59,6 +61,18 @@ def _model_config(model):
     return None
 
 
+def _latent(model, cfg):
+    """The latent model inside ``model`` (None for pixel models); autoencoders do not sample."""
+    if getattr(cfg, "arch", None) == "autoencoder":
+        raise ConfigError("an autoencoder does not generate images; use it as model.autoencoder of a latent "
+                          "model (model.arch=latent)")
+    if getattr(cfg, "arch", None) != "latent":
+        return None
+    from ddpm.models.latent import find_latent_model
+
+    return find_latent_model(model)
+
+
 def _guided(net, resolved: ResolvedSampler, num_classes: int | None, channels: int):
     if resolved.guidance > 0:
         return ClassifierFreeGuidance(net, resolved.guidance, null_label=num_classes, data_channels=channels)
@@ -79,6 +93,9 @@ def sample(model, diffusion, x_T: torch.Tensor, sampler: str | SamplerConfig | R
     ``{"y": labels}``); guidance needs them. ``callback(info)`` is called after every step. With the
     same ``x_T`` and noise this computes exactly what another library's sampler does, so results
     can be compared on the same starting point.
+
+    For a latent model (``model.arch = "latent"``) ``x_T`` and the result are latents (decode them with
+    the model's ``decode_latents``), and x̂0 is never clipped: latents have no [−1, 1] range.
     """
     cfg = _model_config(model)
     num_classes = getattr(cfg, "num_classes", None)
@@ -90,6 +107,8 @@ def sample(model, diffusion, x_T: torch.Tensor, sampler: str | SamplerConfig | R
         labels = bool(model_kwargs) and model_kwargs.get("y") is not None
         resolved = resolve_sampler(config, diffusion.num_timesteps, num_classes=num_classes, labels=labels,
                                    t_start=t_start)
+    if _latent(model, cfg) is not None:
+        resolved = dataclasses.replace(resolved, clip_denoised=False)
     net = _guided(model, resolved, num_classes, x_T.shape[1])
     source = noise if noise is not None else GeneratorNoise(x_T, generator)
     with torch.no_grad():
@@ -117,15 +136,20 @@ def generate(model, diffusion, num_images: int, *, batch_size: int = 64,
     - ``fast``: an optional :class:`ddpm.accel.FastPath` (channels_last, bf16 autocast, compile,
       CUDA graphs) applied to the network call; None runs the plain fp32 model.
 
+    A latent model (``model.arch = "latent"``) samples its latents (never clipping x̂0: latents have no
+    [−1, 1] range) and returns them decoded: images, like a pixel model.
+
     Image i depends only on (seed, i) and the sampler settings, not on batch_size or world_size.
     """
     T = diffusion.num_timesteps
     cfg = _model_config(model)
+    latent = _latent(model, cfg)
     if image_shape is None:
         if cfg is None:
             raise ConfigError("generate needs image_shape=(C, H, W) for a model without a .config")
         image_shape = cfg.image_shape
     image_shape = tuple(int(s) for s in image_shape)
+    shape = noise_shape(cfg) if latent is not None else image_shape  # what the diffusion draws
     num_classes = getattr(cfg, "num_classes", None) if cfg is not None else None
 
     n = _check_int("num_images", num_images, 1)
@@ -136,6 +160,8 @@ def generate(model, diffusion, num_images: int, *, batch_size: int = 64,
         raise ConfigError(f"rank must be in 0..{world_size - 1}, got {rank}")
     config = sampler_config(sampler, steps=steps, spacing=spacing, guidance=guidance,
                             clip_denoised=clip_denoised, eta=eta, options=options)
+    if latent is not None:
+        config = dataclasses.replace(config, clip_denoised=False)
     resolved = resolve_sampler(config, T, num_classes=num_classes, labels=class_labels is not None)
     labels = _labels(class_labels, n, num_classes)
 
@@ -152,7 +178,7 @@ def generate(model, diffusion, num_images: int, *, batch_size: int = 64,
         from ddpm.accel import wrap_for_sampling
 
         net = wrap_for_sampling(model, fast, device)
-    net = _guided(net, resolved, num_classes, image_shape[0])
+    net = _guided(net, resolved, num_classes, shape[0])
 
     local = list(range(int(rank), n, world_size))
     out = []
@@ -163,10 +189,12 @@ def generate(model, diffusion, num_images: int, *, batch_size: int = 64,
         with torch.no_grad():
             for start in range(0, len(local), batch_size):
                 idx = local[start:start + batch_size]
-                noise = PerImageNoise([image_generator(seed, i, device) for i in idx], image_shape, draws, device)
+                noise = PerImageNoise([image_generator(seed, i, device) for i in idx], shape, draws, device)
                 x_T = noise.initial()
                 kwargs = None if labels is None else {"y": labels[idx].to(device)}
                 x = resolved(net, diffusion, x_T, noise=noise, model_kwargs=kwargs, progress=progress)
+                if latent is not None:
+                    x = latent.decode_latents(x)
                 out.append(x.float().clamp(-1.0, 1.0).cpu())
     finally:
         if isinstance(model, torch.nn.Module):

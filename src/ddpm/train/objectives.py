@@ -36,6 +36,7 @@ from ddpm.errors import ConfigError
 # name -> "module:Class"; imported on first use.
 OBJECTIVES: dict[str, str] = {
     "diffusion": "ddpm.train.objectives:DiffusionObjective",
+    "autoencoder": "ddpm.train.autoencoding:AutoencoderObjective",
 }
 
 
@@ -67,12 +68,30 @@ class Objective:
 
 
 class DiffusionObjective(Objective):
-    """The diffusion's own loss (``diffusion.loss_type``: L_simple, the bound or hybrid)."""
+    """The diffusion's own loss (``diffusion.loss_type``: L_simple, the bound or hybrid). For a latent
+    model (``model.arch = "latent"``) the batch is first encoded to latents (:mod:`ddpm.train.latent`)."""
 
     name = "diffusion"
 
+    def __init__(self, config, diffusion, device, options: dict | None = None):
+        super().__init__(config, diffusion, device, options)
+        if getattr(config.model, "arch", None) == "autoencoder":
+            raise ConfigError("model.arch=autoencoder trains with train.objective=autoencoder")
+        from ddpm.train.latent import latent_encoder
+
+        self.encoder = latent_encoder(config, device)
+
     def losses(self, model, x0, t, noise, model_kwargs):
+        if self.encoder is not None:
+            x0 = self.encoder(model, x0)
         return self.diffusion.training_losses(model, x0, t, noise=noise, model_kwargs=model_kwargs)
+
+    def state_dict(self) -> dict[str, Any]:
+        return self.encoder.state_dict() if self.encoder is not None else {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if self.encoder is not None:
+            self.encoder.load_state_dict(state)
 
 
 def get_objective(name: str) -> type[Objective]:

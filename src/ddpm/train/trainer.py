@@ -37,6 +37,7 @@ from ddpm import checkpoint as ckpt
 from ddpm import distributed
 from ddpm.train.ema import EMA
 from ddpm.train.metrics import MetricsLog
+from ddpm.models.registry import noise_shape
 from ddpm.train.objectives import build_objective, pack_state, unpack_state
 from ddpm.train.validate import validate_config
 
@@ -119,6 +120,11 @@ class Trainer:
         # (TF32 stays off: fp32 training means fp32 matmuls, as the paper's recipe)
         self.fast = accel.FastPath(channels_last=self.device.type == "cuda", precision=tc.precision, tf32=False)
         self.model = accel.prepare_model(build_model(self.config.model), self.fast, self.device)
+        if not resume and init_from is None and hasattr(self.model, "prepare_training"):
+            # A latent model loads its autoencoder and measures its latent scale on the run's first
+            # 512 images (identical on every rank); resumed runs take both from the checkpoint.
+            first = _epoch_permutation(tc.seed, 0, self.num_examples)[:512]
+            self.model.prepare_training(self._images_at(first), seed=tc.seed)
         self.ema = EMA(self.model, tc.ema_decay)
         self.diffusion = self.config.diffusion.build()
         self.timestep_sampler = create_timestep_sampler(tc.timestep_sampler, self.diffusion.num_timesteps)
@@ -222,6 +228,12 @@ class Trainer:
         self.images = images.to(self.device) if images is not None else None
         self.num_workers = min(4, os.cpu_count() or 1)
         self._loader_iter, self._loader_step = None, -1
+
+    def _images_at(self, idx: torch.Tensor) -> torch.Tensor:
+        """Images of dataset indices ``idx`` as floats in [−1, 1] on the device."""
+        if self.images is not None:
+            return self.images[idx.to(self.device)].float() / 127.5 - 1.0
+        return torch.stack([self.dataset[int(i)][0] for i in idx]).to(self.device).float() / 127.5 - 1.0
 
     def _init_weights(self, source) -> None:
         """Start from another checkpoint's weights: raw weights for training, its EMA for the EMA."""
@@ -329,7 +341,7 @@ class Trainer:
             y = self.labels[idx]
             drop = torch.rand(B, generator=self.gen_cpu) < tc.class_dropout
             y = torch.where(drop, torch.full_like(y, mc.num_classes), y)
-        shape = (B, *mc.image_shape)
+        shape = (B, *noise_shape(mc))  # latent-shaped for latent models and autoencoders
         noise = torch.randn(shape, generator=self.gen_dev, device=self.device)[lo:hi]
         x = self._fetch(idx[lo:hi]).float() / 127.5 - 1.0
         if flip is not None:
