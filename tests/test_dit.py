@@ -267,3 +267,47 @@ def test_cli_convert_dit_and_diffusers_then_info(tmp_path, capsys):
     assert main(["info", "--preset", "dit-xl-2"]) == 0
     text = capsys.readouterr().out
     assert "675,129,632 parameters" in text and "sd-vae-ft-ema" in text and "0.18215" in text
+
+
+# ------------------------------------------------------------------------------------------- fast path
+def _random_dit() -> DiT:
+    torch.manual_seed(0)
+    net = DiT(tiny(depth=3))
+    with torch.no_grad():
+        for p in net.parameters():
+            if p.requires_grad:
+                p.normal_(0, 0.1)
+    return net
+
+
+def test_bf16_autocast_and_the_sampling_fast_path():
+    """The project's fast path (docs/speed.md) runs a DiT unchanged: bf16 autocast within the U-Net's
+    bf16 tolerance of fp32 (tests/test_fast_path.py), fp32 master weights, float32 outputs to the sampler."""
+    from ddpm import accel
+
+    net = _random_dit().eval()
+    x, t, y = _inputs()
+    with torch.no_grad():
+        ref = net(x, t, y)
+        fast = accel.wrap_for_sampling(net, accel.FastPath(channels_last=False, precision="bf16"), "cpu")
+        low = fast(x, t, y=y)
+    assert low.dtype == torch.float32
+    err = ((low.double() - ref.double()).norm() / ref.double().norm()).item()
+    assert 0 < err <= 2e-2
+    net.train()
+    with accel.autocast("cpu", "bf16"):
+        net(x, t, y).float().pow(2).mean().backward()
+    assert all(p.grad.dtype == torch.float32 for p in net.parameters() if p.requires_grad)
+    assert net.pos_embed.grad is None  # the fixed position embedding never trains
+
+
+@pytest.mark.slow
+def test_torch_compile_matches_eager():
+    from ddpm import accel
+
+    net = _random_dit().eval()
+    x, t, y = _inputs()
+    compiled = accel.compile_model(net)
+    with torch.no_grad():
+        ref = net(x, t, y)
+        assert ((compiled(x, t, y) - ref).norm() / ref.norm()).item() <= 1e-4
