@@ -145,6 +145,9 @@ def add_sampler_args(p, *, classes: bool = True) -> None:
     g = p.add_argument_group("sampler (defaults: the checkpoint's; see docs/sampling.md)")
     g.add_argument("--sampler", choices=sampler_names(),
                    help="ddpm = ancestral (Algorithm 2); ddim = DDIM with --eta; others: docs/sampling.md")
+    g.add_argument("--fast", action="store_true",
+                   help="the measured fast sampler (ddpm.sampling.FAST_SAMPLER, docs/sampling.md) instead of "
+                        "the checkpoint's default; --steps/--spacing/--option still override it")
     g.add_argument("--steps", type=positive_int, help="network steps (default: all T of the model)")
     g.add_argument("--spacing", help="which timesteps K steps visit (ddpm/ddim: uniform, quadratic, even; "
                         "each sampler lists its own in docs/sampling.md)")
@@ -170,6 +173,12 @@ def sampler_config_from_args(args, base=None):
     options = dict(getattr(args, "sampler_options", []) or [])
     if getattr(args, "eta", None) is not None:
         options["eta"] = args.eta
+    if getattr(args, "fast", False):
+        from ddpm.sampling.api import FAST_SAMPLER
+
+        if getattr(args, "sampler", None) is not None:
+            raise ConfigError("--fast picks the sampler itself; drop --sampler (or --fast)")
+        base = FAST_SAMPLER
     cfg = base
     if getattr(args, "sampler", None) is not None and (base is None or args.sampler != base.sampler):
         cfg = args.sampler  # another sampler: start from its defaults, not the checkpoint's options

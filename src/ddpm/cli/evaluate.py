@@ -41,8 +41,24 @@ def add_parser(subparsers) -> None:
         q.add_argument("--labels", action="store_true",
                        help="condition a class-conditional model on the true labels (default: null label)")
 
-    q = sub.add_parser("nll", help="negative log-likelihood bound in bits/dim (Table 1)")
+    q = sub.add_parser("nll", help="negative log-likelihood in bits/dim: the variational bound (Table 1) "
+                                   "or the probability-flow ODE's exact likelihood")
     bpd_args(q)
+    g = q.add_argument_group("--method ode (Song et al. 2021, §4.3; docs/evaluation.md)")
+    g.add_argument("--method", choices=("vlb", "ode"), default="vlb",
+                   help="vlb: the T-term variational bound (default); ode: exact likelihood of the "
+                        "probability-flow ODE with the Hutchinson trace estimator")
+    g.add_argument("--probes", type=common.positive_int, default=1,
+                   help="Hutchinson probes per image (default 1, as score SDE)")
+    g.add_argument("--probe", choices=("rademacher", "gaussian"), default="rademacher",
+                   help="probe distribution (default rademacher)")
+    g.add_argument("--rtol", type=common.finite_float(1e-12, 1.0), default=1e-5,
+                   help="ODE solver relative tolerance (default 1e-5, as score SDE)")
+    g.add_argument("--atol", type=common.finite_float(1e-12, 1.0), default=1e-5,
+                   help="ODE solver absolute tolerance (default 1e-5)")
+    g.add_argument("--dequantize", choices=("uniform", "none"), default="uniform",
+                   help="uniform dequantization of the 8-bit pixels (default; makes the value a bound on "
+                        "the discrete NLL) or none")
     q.set_defaults(func=run_nll)
     q = sub.add_parser("rate-distortion", help="rate and distortion vs reverse steps (Fig. 5, Table 4)")
     bpd_args(q)
@@ -124,7 +140,38 @@ def _bpd(args):
     return res, meta
 
 
+def _ode_nll(args) -> int:
+    from ddpm.checkpoint import load_checkpoint
+    from ddpm.evaluate.inputs import eval_images
+    from ddpm.evaluate.ode_likelihood import evaluate_ode_bpd
+
+    if args.no_clip:
+        raise common.UserError("--no-clip is for the variational bound; the ODE never clips x̂0")
+    device = common.setup_runtime(args)
+    ck = load_checkpoint(args.ckpt, use_ema=not args.raw, device=device)
+    x, labels, name = eval_images(args.data, ck.config, split=args.split, num=args.num)
+    meta = {"checkpoint": str(Path(ck.path).resolve()) if ck.path else str(args.ckpt), "step": ck.step,
+            "weights": ck.weights, "data": name, "labels": bool(args.labels)}
+    print(f"evaluating the probability-flow ODE likelihood on {len(x)} images of {name} "
+          f"({ck.weights} weights, step {ck.step}) on {device}")
+    out = Path(args.out)
+    res = evaluate_ode_bpd(ck.model, ck.diffusion, x, batch_size=args.batch_size, seed=args.seed,
+                           probes=args.probes, probe=args.probe, rtol=args.rtol, atol=args.atol,
+                           dequantization=args.dequantize, labels=labels if args.labels else None, device=device,
+                           chunk_dir=out / "ode_chunks", meta=meta, progress=common.show_progress(args))
+    summary = {**meta, **{k: v for k, v in res.items() if k != "per_image"}}
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "nll_ode.json").write_text(json.dumps(summary, indent=2) + "\n")
+    print(f"NLL (ODE) {res['bpd']:.4f} ± {res['bpd_stderr']:.4f} bits/dim (± = standard error; {res['num_images']} "
+          f"images of {name}; {res['probes']} {res['probe']} probe(s), rtol {res['rtol']:g}, atol {res['atol']:g}, "
+          f"{res['dequantize']} dequantization; {res['nfe_per_image']:.0f} network evaluations per image)")
+    print(f"summary: {out / 'nll_ode.json'}")
+    return 0
+
+
 def run_nll(args: argparse.Namespace) -> int:
+    if args.method == "ode":
+        return _ode_nll(args)
     res, meta = _bpd(args)
     if res is None:  # not rank 0
         return 0
@@ -191,7 +238,8 @@ def _generated(args, device):
 
 def _sampler_flags_given(args) -> bool:
     names = ("sampler", "steps", "spacing", "eta", "guidance", "clip_denoised", "class_label")
-    return any(getattr(args, n, None) is not None for n in names) or bool(args.sampler_options)
+    return (any(getattr(args, n, None) is not None for n in names) or bool(args.sampler_options)
+            or bool(getattr(args, "fast", False)))
 
 
 def run_quality(args: argparse.Namespace) -> int:

@@ -55,17 +55,30 @@ def measure(ck, sampler, *, n: int, classes="all", seed: int = 0, batch_size: in
     labels = class_labels(classes, num_classes, n)
     resolved = resolve_sampler(sampler, ck.diffusion.num_timesteps, num_classes=num_classes,
                                labels=labels is not None)
+    rows_in = [0]  # images the network saw: the measured NFE (adaptive samplers declare none)
+
+    def count(module, args):
+        rows_in[0] += int(args[0].shape[0])
+
+    hook = ck.model.register_forward_pre_hook(count) if isinstance(ck.model, torch.nn.Module) else None
     t0 = time.perf_counter()
-    x = generate(ck.model, ck.diffusion, n, batch_size=batch_size, sampler=sampler, class_labels=labels,
-                 seed=seed, device=device, progress=progress, fast=fast)
+    try:
+        x = generate(ck.model, ck.diffusion, n, batch_size=batch_size, sampler=sampler, class_labels=labels,
+                     seed=seed, device=device, progress=progress, fast=fast)
+    finally:
+        if hook is not None:
+            hook.remove()
     seconds = time.perf_counter() - t0
+    batch_factor = 2 if resolved.guidance else 1
+    measured = rows_in[0] / n / batch_factor if hook is not None else None
+    declared = resolved.nfe(ck.diffusion.num_timesteps)
     requested = None
     if labels is not None:
         requested = np.asarray(labels if isinstance(labels, list) else [labels] * n)
     report = score_images(x, requested, seed=seed)
     row = {**row_key(sampler, n=n, classes=classes if num_classes else "null", seed=seed),
-           "describe": resolved.describe(), "nfe": resolved.nfe(ck.diffusion.num_timesteps),
-           "batch_factor": 2 if resolved.guidance else 1, "seconds": round(seconds, 3),
+           "describe": resolved.describe(), "nfe": declared if declared is not None or measured is None else round(measured, 1),
+           "nfe_measured": measured, "batch_factor": batch_factor, "seconds": round(seconds, 3),
            "seconds_per_image": seconds / n, "threads": torch.get_num_threads(), "device": str(x.device if device is None else device),
            "checkpoint": str(ck.path) if ck.path else None, "step": ck.step, "weights": ck.weights,
            **report.as_dict()}
