@@ -7,8 +7,12 @@ import pytest
 import torch
 
 # One thread: the suite runs on 2-core CI machines where oversubscription makes tests several
-# times slower; the tests measure correctness, never speed.
+# times slower; the tests measure correctness, never speed. numpy's BLAS too (the quality metrics'
+# matrix products were 10–20× slower with one spinning OpenBLAS thread per core on a busy machine).
 torch.set_num_threads(1)
+from threadpoolctl import threadpool_limits  # noqa: E402
+
+threadpool_limits(limits=1)
 
 
 def fixture_dir() -> Path | None:

@@ -73,6 +73,8 @@ def test_shipped_classifier_accuracy_and_record():
 def test_classifier_refuses_other_shapes():
     with pytest.raises(ConfigError, match="28×28 grey"):
         dc.to_input(torch.zeros(2, 3, 32, 32))
+    with pytest.raises(ConfigError, match="8–28 pixels"):
+        q.DigitsInstrument(32)
 
 
 def test_real_floor_is_below_degraded_real_digits():
@@ -158,12 +160,59 @@ def test_eval_quality_errors_are_one_line(argv, message, capsys):
     assert message in err and "Traceback" not in err
 
 
-def test_eval_quality_refuses_models_that_do_not_make_digits(tmp_path, capsys):
+def _tiny_checkpoint(path, *overrides):
     from ddpm.checkpoint import save_checkpoint
+    from ddpm.config import apply_overrides
     from ddpm.models.registry import build_model
     from ddpm.presets import get_preset
 
-    cfg = get_preset("repro-tiny")  # 16×16 digits: the classifier does not take them
-    save_checkpoint(tmp_path / "ck", config=cfg, step=0, ema_state=build_model(cfg.model).state_dict())
-    assert exit_code(["eval", "quality", "--ckpt", str(tmp_path / "ck"), "--no-progress"]) == 2
-    assert "28×28 grey" in capsys.readouterr().err
+    cfg = apply_overrides(get_preset("digits-tiny"), list(overrides))
+    save_checkpoint(path, config=cfg, step=0, ema_state=build_model(cfg.model).state_dict())
+    return path
+
+
+def test_eval_quality_refuses_models_that_do_not_make_digits(tmp_path, capsys):
+    ck = _tiny_checkpoint(tmp_path / "ck", "data.channels=3", "data.resolution=32")  # RGB: not digits
+    assert exit_code(["eval", "quality", "--ckpt", str(ck), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert "grey square digits of 8–28 pixels" in err and "3 channel" in err
+
+
+def test_smaller_digits_are_scored_against_real_digits_at_their_resolution():
+    """16×16 digits (the repro-tiny scale) are upsampled to 28 for the classifier; the reference goes
+    through the same shrink-and-upsample, so real 16×16 digits sit at the floor and noise does not."""
+    from ddpm.data.digits import load_all
+    from ddpm.data.transforms import fit_array
+
+    inst = q.DigitsInstrument(16)
+    feats, probs, labels = inst.reference()
+    assert feats.shape == (5000, 128)
+    assert (probs.argmax(1) == labels).mean() > 0.95  # 16×16 digits are still legible to the classifier
+    floor = q.floor_of(inst, 200, draws=3)
+    images, labels = load_all()
+    idx = np.random.default_rng(0).choice(len(images), 200, replace=False)  # the file is sorted by class
+    small = fit_array(images[idx], 16, 1).float().div(127.5).sub(1)
+    real = q.score_images(small, labels[idx], instrument=inst)
+    noise = q.score_images(torch.rand(200, 1, 16, 16) * 2 - 1, labels[idx], instrument=inst)
+    assert real.fd < floor["fd"][0] + 4 * floor["fd"][1] + 3 * real.fd_std
+    assert noise.fd > 10 * real.fd and noise.accuracy < 0.3 < 0.9 < real.accuracy
+    with pytest.raises(ConfigError, match="16×16"):
+        inst.check((1, 28, 28))
+
+
+def test_eval_quality_on_smaller_digits_and_with_inception_features(tmp_path, capsys):
+    ck = _tiny_checkpoint(tmp_path / "ck", "data.resolution=16")
+    out = tmp_path / "q.json"
+    assert main(["eval", "quality", "--ckpt", str(ck), "-n", "12", "--steps", "2", "--json", str(out),
+                 "--no-progress"]) == 0
+    row = json.loads(out.read_text())
+    assert row["features"] == "digits (at 16×16, upsampled)" and row["n"] == 12
+    # The FID network's features (random weights here: a pipeline check), against real digits.
+    assert main(["eval", "quality", "--ckpt", str(ck), "-n", "10", "--steps", "2", "--features", "inception",
+                 "--inception", "random", "--ref", "digits", "--ref-num", "20", "--json", str(out),
+                 "--no-progress"]) == 0
+    row = json.loads(out.read_text())
+    assert row["features"].startswith("inception vs digits/train (RANDOM")
+    assert row["accuracy"] is None  # Inception's classes are not the digits
+    assert set(row["floor"]) == {"fd", "kid", "precision", "recall", "is_mean"}
+    assert "RANDOM Inception" in capsys.readouterr().out

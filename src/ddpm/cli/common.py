@@ -86,7 +86,16 @@ def setup_runtime(args):
 
     if getattr(args, "threads", None):
         torch.set_num_threads(args.threads)
+        limit_blas_threads(args.threads)
     return resolve_device(getattr(args, "device", None))
+
+
+def limit_blas_threads(n: int) -> None:
+    """Cap numpy's BLAS (OpenBLAS/MKL) threads as ``--threads`` caps torch's: the metrics' matrix
+    products otherwise start one spinning thread per core and run 10–20× slower on a busy machine."""
+    from threadpoolctl import threadpool_limits
+
+    threadpool_limits(limits=int(n))
 
 
 def show_progress(args, is_main: bool = True) -> bool:

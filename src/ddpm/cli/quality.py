@@ -49,8 +49,17 @@ def _shared(q, *, n_default: int) -> None:
     q.add_argument("--class", dest="classes", type=_classes, default="all", metavar="all|null|C",
                    help="requested classes of a conditional model: all (image i gets i %% 10, default; "
                         "scores accuracy), null (unconditional samples) or one class")
-    q.add_argument("--features", default="digits", choices=("digits",),
-                   help="feature network (digits: the shipped 28×28 digits classifier)")
+    q.add_argument("--features", default="digits", choices=("digits", "inception"),
+                   help="feature network: digits (the shipped digits classifier, offline; default) or "
+                        "inception (the FID network, for RGB data; needs its weights, see --inception)")
+    q.add_argument("--inception", help="--features inception: path to pt_inception-2015-12-05-6726825d.pth "
+                                       "(else $DDPM_INCEPTION_WEIGHTS, else ~/.cache/ddpm, downloading)")
+    q.add_argument("--ref", help="--features inception: real images to compare with — a dataset name, image "
+                                 "folder or .npz (default: the checkpoint's training data)")
+    q.add_argument("--ref-split", default="train", choices=("train", "test"),
+                   help="--features inception: dataset split of --ref (default train)")
+    q.add_argument("--ref-num", type=common.positive_int, default=10_000,
+                   help="--features inception: reference images to use (default 10000)")
     q.add_argument("--batch-size", type=common.positive_int, default=100, help="sampling batch size (default 100)")
     q.add_argument("--seed", type=common.non_negative_int, default=0,
                    help="image i depends only on (seed, i) (default 0)")
@@ -81,13 +90,22 @@ def add_parsers(sub) -> None:
 
 
 def _load(args):
+    """(checkpoint, device, instrument): the instrument is checked against the model before sampling."""
     from ddpm.checkpoint import load_checkpoint
-    from ddpm.evaluate.sweep import check_digits_shaped
+    from ddpm.evaluate.sweep import instrument_for
 
     device = common.setup_runtime(args)
     ck = load_checkpoint(args.ckpt, use_ema=not args.raw, device=device)
-    check_digits_shaped(ck.config)
-    return ck, device
+    if args.features == "digits":
+        return ck, device, instrument_for(ck.config)
+    from ddpm.evaluate.inception import load_inception
+    from ddpm.evaluate.inputs import eval_images
+
+    net = load_inception(args.inception, device=device)  # a missing weights file fails before sampling
+    x, _, desc = eval_images(args.ref, ck.config, split=args.ref_split, num=args.ref_num)
+    if str(args.inception) == "random":
+        desc += " (RANDOM Inception weights: a pipeline check, not a score)"
+    return ck, device, instrument_for(ck.config, "inception", inception=net, ref_images=x, ref_desc=desc)
 
 
 def run_quality(args: argparse.Namespace) -> int:
@@ -95,10 +113,12 @@ def run_quality(args: argparse.Namespace) -> int:
 
     if args.json:
         common.check_output(args.json)
-    ck, device = _load(args)
+    ck, device, instrument = _load(args)
     sampler = common.sampler_config_from_args(args, ck.config.sampling)
     row = measure(ck, sampler, n=args.num, classes=args.classes, seed=args.seed, batch_size=args.batch_size,
-                  device=device, progress=common.show_progress(args), fast=common.fast_path_from_args(args, device))
+                  device=device, progress=common.show_progress(args), fast=common.fast_path_from_args(args, device),
+                  instrument=instrument)
+    print(f"features: {instrument.describe()}")
     print(format_row(row))
     if "floor" in row:
         print(format_floor(row["floor"], args.num))
@@ -110,14 +130,14 @@ def run_quality(args: argparse.Namespace) -> int:
 
 
 def run_sweep(args: argparse.Namespace) -> int:
-    from ddpm.evaluate.quality import real_floor
+    from ddpm.evaluate.quality import floor_of
     from ddpm.evaluate.sweep import format_floor, parse_samplers, plot_sweep, run_sweep, sampler_configs
     from ddpm.sampling.registry import resolve_sampler
 
     common.check_output(args.json)
     if args.plot:
         common.check_output(args.plot)
-    ck, device = _load(args)
+    ck, device, instrument = _load(args)
     configs = sampler_configs(ck.config.sampling, parse_samplers(args.samplers), args.steps, args.guidance,
                               args.spacing)
     cond = ck.config.model.num_classes is not None and args.classes != "null"
@@ -126,11 +146,12 @@ def run_sweep(args: argparse.Namespace) -> int:
     print(f"{len(configs)} settings × {args.num} images on {device}; table: {args.json}")
     rows = run_sweep(ck, configs, n=args.num, json_path=args.json, classes=args.classes, seed=args.seed,
                      batch_size=args.batch_size, device=device, progress=common.show_progress(args),
-                     fast=common.fast_path_from_args(args, device))
-    floor = real_floor(args.num) if args.num <= 2500 else None
+                     fast=common.fast_path_from_args(args, device), instrument=instrument)
+    floor = floor_of(instrument, args.num) if args.num <= len(instrument.reference()[0]) // 2 else None
     if floor:
         print(format_floor(floor, args.num))
     if args.plot:
-        plot_sweep(rows, args.plot, floor=floor, title=f"{ck.path} — n = {args.num} per point")
+        plot_sweep(rows, args.plot, floor=floor,
+                   title=f"{ck.path} — n = {args.num} per point, {instrument.describe()} features")
         print(f"wrote {args.plot}")
     return 0
