@@ -86,6 +86,7 @@ def add_parsers(sub) -> None:
     q.add_argument("--guidance", type=_floats, default=[0.0], help="comma list of guidance weights w (default 0)")
     q.add_argument("--json", required=True, help="the sweep's table; rows already in it are kept, not re-run")
     q.add_argument("--plot", help="write FD vs NFE and vs seconds to this PNG")
+    q.add_argument("--markdown", help="write the whole table (every row of --json, and the floor) as Markdown")
     q.set_defaults(func=run_sweep)
 
 
@@ -135,8 +136,9 @@ def run_sweep(args: argparse.Namespace) -> int:
     from ddpm.sampling.registry import resolve_sampler
 
     common.check_output(args.json)
-    if args.plot:
-        common.check_output(args.plot)
+    for out in (args.plot, args.markdown):
+        if out:
+            common.check_output(out)
     ck, device, instrument = _load(args)
     configs = sampler_configs(ck.config.sampling, parse_samplers(args.samplers), args.steps, args.guidance,
                               args.spacing)
@@ -154,4 +156,9 @@ def run_sweep(args: argparse.Namespace) -> int:
         plot_sweep(rows, args.plot, floor=floor,
                    title=f"{ck.path} — n = {args.num} per point, {instrument.describe()} features")
         print(f"wrote {args.plot}")
+    if args.markdown:
+        from ddpm.evaluate.sweep import markdown_table
+
+        Path(args.markdown).write_text(markdown_table(rows, {"n": args.num, **floor} if floor else None))
+        print(f"wrote {args.markdown}")
     return 0

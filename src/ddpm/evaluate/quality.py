@@ -11,14 +11,17 @@ against real digits, so a reader sees what "perfect" is at that n.
 - **Precision / recall** (Kynkäänniemi et al. 2019, §2, eq. 1–2): the fraction of samples inside the
   real manifold (the union of balls around each real feature with the radius of its k-th nearest
   real neighbour, k = 3), and of real images inside the samples' manifold; n real vs n generated.
-- **Accuracy**: the classifier's agreement with the requested class of a class-conditional sample,
+Features come from the digits ``features`` network, class probabilities from the ``recognizer``
+(:mod:`ddpm.evaluate.digits_classifier` says why there are two).
+
+- **Accuracy**: the recognizer's agreement with the requested class of a class-conditional sample,
   with the 10×10 confusion matrix (rows: requested, columns: recognised); ± is the binomial std.
 - **Classifier IS** (the IS of Salimans et al. 2016 with this classifier): exp E KL(p(y|x) ‖ p(y)),
   mean ± std over 10 splits; 10 is the most it can be.
 
 The reference set is all 5,000 bundled digits (the model's 4,500 training digits and the 500 held
-out); it is small enough to featurise in a second, so its statistics are computed on first use and
-kept for the process rather than shipped. The floor at size n draws n real digits and scores them
+out); its features are computed on first use (seconds) and cached on disk under a hash of the
+classifier and the data (:func:`cache_dir`), rather than shipped. The floor at size n draws n real digits and scores them
 against the remaining 5,000 − n, over several draws (mean ± std).
 
 Written with numpy rather than a metrics package: torchmetrics' FID/KID are built around a fixed
@@ -28,8 +31,10 @@ Inception pipeline and lack precision/recall, and the FD maths here is the proje
 
 from __future__ import annotations
 
+import os
 from dataclasses import asdict, dataclass, field
 from functools import lru_cache
+from pathlib import Path
 
 import numpy as np
 
@@ -181,7 +186,7 @@ class DigitsInstrument(Instrument):
     def predict(self, images):
         from ddpm.evaluate import digits_classifier as dc
 
-        return dc.predict(dc.load(), upsample_to_28(images))
+        return dc.predict(None, upsample_to_28(images))
 
     def reference(self):
         return _digits_reference(self.resolution)
@@ -211,19 +216,45 @@ def upsample_to_28(images):
 
 @lru_cache(maxsize=4)
 def _digits_reference(resolution: int = 28) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Features of the 5,000 bundled digits, computed once and kept in the cache folder under a key that
+    hashes the classifier's weights, the digits file and the resolution (a new classifier or data set
+    never reads stale features)."""
+    import hashlib
+
     import torch
 
-    from ddpm.data.digits import load_all
+    from ddpm.data.digits import asset_bytes, load_all
     from ddpm.evaluate import digits_classifier as dc
 
+    h = hashlib.sha256(asset_bytes())
+    h.update(dc.weights_bytes())
+    h.update(str(resolution).encode())
+    cache = cache_dir() / f"digits_reference_{h.hexdigest()[:16]}.npz"
     images, labels = load_all()
+    try:
+        with np.load(cache, allow_pickle=False) as f:
+            return f["features"], f["probs"], labels
+    except (OSError, KeyError, ValueError):
+        pass
     if resolution != 28:
         from ddpm.data.transforms import fit_array
 
         # as the training data is made (BICUBIC), then to [−1, 1] floats
         images = torch.as_tensor(np.asarray(fit_array(images, resolution, 1))).float().div(127.5).sub(1)
-    feats, probs = dc.predict(dc.load(), upsample_to_28(images))
+    feats, probs = dc.predict(None, upsample_to_28(images))
+    try:  # a cache that cannot be written only costs the time to recompute
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        tmp = cache.with_name(cache.stem + f".{os.getpid()}.tmp.npz")
+        np.savez(tmp, features=feats, probs=probs)
+        os.replace(tmp, cache)
+    except OSError:
+        pass
     return feats, probs, labels
+
+
+def cache_dir() -> Path:
+    """``$DDPM_CACHE``, else ``$XDG_CACHE_HOME/ddpm`` (``~/.cache/ddpm``)."""
+    return Path(os.environ.get("DDPM_CACHE") or Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "ddpm")
 
 
 def reference(resolution: int = 28) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

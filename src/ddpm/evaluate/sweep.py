@@ -174,6 +174,32 @@ def format_floor(floor: dict, n: int) -> str:
             f"KID {kid[0]:.4f} ± {kid[1]:.4f}  P {p[0]:.3f} R {r[0]:.3f}{acc}")
 
 
+def markdown_table(rows: list[dict], floor: dict | None = None) -> str:
+    """The sweep as a Markdown table (one row per setting, in the file's order), the floor last."""
+    cond = any(r.get("accuracy") is not None for r in rows)
+    head = ["setting", "NFE", "FD ±", "KID ±", "precision", "recall"] + (["class accuracy ±"] if cond else []) + [
+        "s / image"]
+    out = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in rows:
+        cells = [r["describe"], str(r["nfe"] * r.get("batch_factor", 1)) if r.get("batch_factor", 1) == 1
+                 else f"{r['nfe']} (×2 batch)", f"{r['fd']:.2f} ± {r['fd_std']:.2f}",
+                 f"{r['kid']:.4f} ± {r['kid_std']:.4f}", f"{r['precision']:.3f}", f"{r['recall']:.3f}"]
+        if cond:
+            cells.append("–" if r.get("accuracy") is None else
+                         f"{100 * r['accuracy']:.1f} ± {100 * r['accuracy_std']:.1f} %")
+        cells.append(f"{r['seconds_per_image']:.3f}")
+        out.append("| " + " | ".join(cells) + " |")
+    if floor:
+        cells = [f"real vs real (floor), n = {floor.get('n', rows[0]['n'] if rows else '?')}", "–",
+                 f"{floor['fd'][0]:.2f} ± {floor['fd'][1]:.2f}", f"{floor['kid'][0]:.4f} ± {floor['kid'][1]:.4f}",
+                 f"{floor['precision'][0]:.3f}", f"{floor['recall'][0]:.3f}"]
+        if cond:
+            cells.append(f"{100 * floor['accuracy'][0]:.1f} %" if "accuracy" in floor else "–")
+        cells.append("–")
+        out.append("| " + " | ".join(cells) + " |")
+    return "\n".join(out) + "\n"
+
+
 def _label(r: dict) -> str:
     opts = ",".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in sorted(r["options"].items()))
     w = f" w={r['guidance']:g}" if r["guidance"] else ""
