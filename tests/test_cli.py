@@ -62,7 +62,7 @@ def test_train_info_sample_end_to_end(run_dir, tmp_path, capsys):
     assert Image.open(grid).size == (3 * 30 + 2, 30 + 2)  # 28 px + 2 px padding
     arr = np.load(npz)["arr_0"]
     assert arr.shape == (3, 28, 28, 1) and arr.dtype == np.uint8
-    assert sorted(p.name for p in folder.iterdir()) == ["000000.png", "000001.png", "000002.png"]
+    assert sorted(p.name for p in folder.iterdir()) == ["000000.png", "000001.png", "000002.png", "provenance.json"]
     # same seed -> same images, raw weights differ from EMA
     rc, _, _ = call(["sample", "--ckpt", str(run_dir), "-n", "3", "--steps", "4", "--npz", str(tmp_path / "b.npz"),
                      "--no-progress"], capsys)

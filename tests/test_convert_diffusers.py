@@ -69,10 +69,11 @@ def test_kwargs_round_trip_for_every_preset():
 
 
 @pytest.mark.parametrize("change, match", [
-    ({"flip_sin_to_cos": True}, "flip_sin_to_cos"),
-    ({"norm_eps": 1e-5}, "norm_eps"),
-    ({"downsample_padding": 1}, "downsample_padding"),
-    ({"attention_head_dim": 8}, "multi-head"),
+    ({"resnet_time_scale_shift": "scale_shift"}, "resnet_time_scale_shift"),
+    ({"downsample_padding": 2}, "downsample_padding"),
+    ({"attention_head_dim": 48}, "does not divide"),
+    ({"attention_head_dim": [8, 8, 8, 8]}, "one head size"),
+    ({"time_embedding_type": "fourier"}, "time_embedding_type"),
     ({"up_block_types": ["UpBlock2D"] * 4}, "only one side"),
     ({"down_block_types": ["CrossAttnDownBlock2D"] + HUB_CIFAR10["down_block_types"][1:]}, "not part"),
     ({"_class_name": "UNet2DConditionModel"}, "UNet2DModel"),
@@ -80,6 +81,24 @@ def test_kwargs_round_trip_for_every_preset():
 def test_unsupported_configs_are_config_errors(change, match):
     with pytest.raises(ConfigError, match=match):
         unet_config_from_diffusers({**HUB_CIFAR10, **change})
+
+
+def test_diffusers_conventions_become_unet_fields():
+    """flip_sin_to_cos, freq_shift, norm_eps, downsample_padding and attention_head_dim map to the
+    UNetConfig fields of the same names; a config that leaves them out means diffusers' defaults."""
+    cfg = unet_config_from_diffusers({**HUB_CIFAR10, "flip_sin_to_cos": True, "freq_shift": 0, "norm_eps": 1e-5,
+                                      "downsample_padding": 1, "attention_head_dim": 64})
+    assert (cfg.flip_sin_to_cos, cfg.freq_shift, cfg.norm_eps, cfg.downsample_padding, cfg.attention_head_dim) == (
+        True, 0, 1e-5, 1, 64)
+    assert unet_config_from_diffusers(diffusers_kwargs_for(cfg)) == cfg
+    minimal = {k: v for k, v in HUB_CIFAR10.items() if k not in (
+        "flip_sin_to_cos", "freq_shift", "norm_eps", "downsample_padding", "attention_head_dim")}
+    d = unet_config_from_diffusers(minimal)
+    assert (d.flip_sin_to_cos, d.freq_shift, d.norm_eps, d.downsample_padding, d.attention_head_dim) == (
+        True, 0, 1e-5, 1, 8)
+    paper = unet_config_from_diffusers(HUB_CIFAR10)
+    assert paper == get_network("cifar10", dropout=0.0)  # the defaults are the paper's: unchanged fields
+    assert "diffusers conventions" not in paper.describe() and "flip_sin_to_cos True" in cfg.describe()
 
 
 def test_scheduler_mapping():
@@ -192,6 +211,24 @@ def test_full_size_cifar10_matches_diffusers():
 
 def test_reduced_256_layout_matches_diffusers():
     assert _parity(REDUCED_256) <= 1e-5
+
+
+def test_diffusers_default_unet2dmodel_matches_diffusers():
+    """A UNet2DModel built with diffusers' own defaults for every option (cos-first embedding,
+    freq_shift 0, eps 1e-5, symmetric downsampling, 8-channel attention heads), at reduced width."""
+    pytest.importorskip("diffusers")
+    cfg = {"_class_name": "UNet2DModel", "sample_size": 16, "block_out_channels": [32, 64], "layers_per_block": 1,
+           "down_block_types": ["DownBlock2D", "AttnDownBlock2D"], "up_block_types": ["AttnUpBlock2D", "UpBlock2D"]}
+    assert _parity(cfg, class_labels=None) <= 1e-5
+    three = {**cfg, "block_out_channels": [32, 32, 64], "down_block_types": ["DownBlock2D", "AttnDownBlock2D",
+             "AttnDownBlock2D"], "up_block_types": ["AttnUpBlock2D", "AttnUpBlock2D", "UpBlock2D"], "num_class_embeds": 4}
+    assert _parity(three, class_labels=torch.tensor([0, 3])) <= 1e-5
+
+
+@pytest.mark.slow
+def test_full_size_diffusers_default_unet2dmodel_matches_diffusers():
+    """UNet2DModel() exactly as diffusers builds it by default (sample_size 32 given: it has none)."""
+    assert _parity({"_class_name": "UNet2DModel", "sample_size": 32}) <= 1e-5
 
 
 def test_class_conditional_matches_diffusers():

@@ -372,11 +372,15 @@ def run_repro(target: str, scale: str = "tiny", *, out: str | Path | None = None
         lines += ["## Notes", ""] + [f"- {n}" for n in dict.fromkeys(r.notes)] + [""]
     lines += ["## Wall time", "", "| phase | seconds |", "|---|---|"]
     lines += [f"| {k} | {v:.1f} |" for k, v in r.timings.items()] + [f"| total | {wall:.1f} |", ""]
+    from ddpm.outputs import provenance, write_text
+
     report = out / "report.md"
-    report.write_text("\n".join(lines))
-    (out / "results.json").write_text(json.dumps({"target": target, "scale": scale, "wall_s": wall,
-                                                  "timings": r.timings, "results": r.results,
-                                                  "notes": r.notes}, indent=2, default=_json_default) + "\n")
+    write_text(report, "\n".join(lines))
+    record = provenance(target=target, scale=scale, ckpt=ckpt, steps=steps, timings=r.timings)
+    write_text(out / "results.json", json.dumps({"target": target, "scale": scale, "wall_s": wall,
+                                                 "timings": r.timings, "results": r.results,
+                                                 "notes": r.notes, "provenance": record},
+                                                indent=2, default=_json_default) + "\n")
     return report
 
 
