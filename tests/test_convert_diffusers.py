@@ -324,3 +324,61 @@ def test_hub_ids_load_from_the_hub_cache_offline(tmp_path, monkeypatch, capsys):
     assert main(["sample", "--ckpt", "acme/not-cached", "-n", "1", "--npz", "t.npz"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "not in the Hub cache" in err
+
+
+def test_push_to_hub_uploads_the_exported_folder(tmp_path, monkeypatch, capsys):
+    """--push-to-hub creates the repository and uploads OUT through huggingface_hub.HfApi (patched:
+    the test never reaches the network); a failing upload is one line and the local folder stays."""
+    hf = pytest.importorskip("huggingface_hub")
+    from ddpm.cli import main
+
+    calls = []
+
+    class FakeApi:
+        def create_repo(self, repo_id, **kw):
+            calls.append(("create", repo_id, kw["private"], kw["exist_ok"]))
+
+        def upload_folder(self, *, folder_path, repo_id, **kw):
+            from pathlib import Path
+
+            calls.append(("upload", repo_id, sorted(str(p.relative_to(folder_path))
+                                                    for p in Path(folder_path).rglob("*") if p.is_file())))
+
+    monkeypatch.setattr(hf, "HfApi", FakeApi)
+    out = tmp_path / "export"
+    assert main(["convert", "to-diffusers", "src/ddpm/assets/digits", str(out), "--push-to-hub", "acme/digits",
+                 "--private"]) == 0
+    assert "https://huggingface.co/acme/digits" in capsys.readouterr().out
+    assert calls == [("create", "acme/digits", True, True),
+                     ("upload", "acme/digits", ["model_index.json", "scheduler/scheduler_config.json",
+                                                "unet/config.json", "unet/diffusion_pytorch_model.safetensors"])]
+
+    class OfflineApi(FakeApi):
+        def create_repo(self, repo_id, **kw):
+            raise OSError("Network is unreachable")
+
+    monkeypatch.setattr(hf, "HfApi", OfflineApi)
+    assert main(["convert", "to-diffusers", "src/ddpm/assets/digits", str(tmp_path / "e2"), "--push-to-hub",
+                 "acme/digits"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "could not upload" in err and "Network is unreachable" in err
+    assert (tmp_path / "e2" / "model_index.json").is_file()  # written locally all the same
+
+
+def test_info_on_imported_weights_shows_no_recipe(tmp_path, capsys):
+    """`ddpm info` on a diffusers folder or a converted checkpoint prints no training recipe or dataset."""
+    from ddpm.cli import main
+
+    cfg = dataclasses.replace(get_network("tiny"), out_channels=3)
+    save_diffusers_folder(_random(UNet(cfg)), DiffusionConfig(), tmp_path / "hub")
+    for path in (tmp_path / "hub", tmp_path / "ckpt"):
+        if path.name == "ckpt":
+            assert main(["convert", "diffusers", str(tmp_path / "hub"), str(path)]) == 0
+            capsys.readouterr()
+        assert main(["info", str(path)]) == 0
+        out = capsys.readouterr().out
+        assert "imported:" in out and "no training recipe or dataset" in out
+        assert "training:" not in out and "data:" not in out and "cifar10" not in out
+        assert main(["info", "--json", str(path)]) == 0
+        d = json.loads(capsys.readouterr().out)
+        assert "train" not in d and "source" not in d["data"]

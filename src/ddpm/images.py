@@ -126,6 +126,10 @@ def read_npz(path: str | os.PathLike, error=DataError) -> dict[str, np.ndarray]:
 
     path = Path(path)
     try:
+        with open(path, "rb") as f:
+            magic = f.read(4)
+        if magic[:2] != b"PK":  # not a zip archive: numpy would take it for a pickle
+            raise ValueError("not an .npz archive")
         with np.load(path, allow_pickle=False) as f:
             if not hasattr(f, "files"):
                 raise ValueError("a single .npy array, not an .npz archive")
@@ -134,8 +138,6 @@ def read_npz(path: str | os.PathLike, error=DataError) -> dict[str, np.ndarray]:
         raise error(f"{path} does not exist") from None
     except (ValueError, OSError, EOFError, zipfile.BadZipFile, KeyError) as e:
         reason = str(e).splitlines()[0] if str(e) else type(e).__name__
-        if "Object arrays" in reason:
+        if "pickle" in reason:  # object arrays inside the archive
             reason = "it holds pickled Python objects, which ddpm never loads"
-        elif "pickled data" in reason:  # neither a zip archive nor an .npy header: numpy would unpickle
-            reason = "not an .npz archive"
         raise error(f"{path} is not a readable .npz of arrays ({reason})") from None

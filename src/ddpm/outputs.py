@@ -71,7 +71,8 @@ def atomic_write(path: str | os.PathLike, mode: str = "wb", *, fsync: bool = Tru
         f.close()
         os.replace(tmp, path)
     except BaseException:
-        f.close()
+        with contextlib.suppress(OSError):  # closing flushes the buffer, which fails again on a full disk
+            f.close()
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
@@ -161,18 +162,18 @@ def check_output(path: str | os.PathLike, *, kind: str | None = None, overwrite:
     what = f"{flag} {p}" if flag else str(p)
     if not str(path).strip():
         raise OutputError(f"{flag or 'output'}: empty path; give a file name")
-    if kind is not None and not is_dir and p.suffix.lower() not in FORMATS[kind]:
-        raise OutputError(f"{what}: the file name must end in {' or '.join(FORMATS[kind])} "
-                          f"(it is written as {kind.upper() if kind != 'plot' else 'PNG'})")
     for part in p.parts:
         if len(os.fsencode(part)) > 255:
             raise OutputError(f"{what}: a path component is longer than 255 bytes; choose a shorter name")
+    if not is_dir and p.is_dir():
+        raise OutputError(f"{what} is a directory; give a file name")
+    if kind is not None and not is_dir and p.suffix.lower() not in FORMATS[kind]:
+        raise OutputError(f"{what}: the file name must end in {' or '.join(FORMATS[kind])} "
+                          f"(it is written as {kind.upper() if kind != 'plot' else 'PNG'})")
     if is_dir:
         if p.exists() and not p.is_dir():
             raise OutputError(f"{what} exists and is not a directory; choose a folder name")
     else:
-        if p.is_dir():
-            raise OutputError(f"{what} is a directory; give a file name")
         if p.exists() and not (overwrite or may_exist):
             raise OutputError(f"{what} already exists; pass --overwrite to replace it, or choose another name")
     probe = p if is_dir else (p.parent if str(p.parent) else Path("."))
@@ -212,6 +213,34 @@ def versions() -> dict[str, str]:
 
     return {"ddpm": __version__, "torch": torch.__version__, "numpy": numpy.__version__,
             "python": sys.version.split()[0]}
+
+
+def machine() -> dict[str, Any]:
+    """Where timings were taken: CPU count, platform, torch threads, GPU name, and the load average
+    (other processes sharing the machine change wall times several-fold)."""
+    import platform
+
+    import torch
+
+    rec: dict[str, Any] = {"platform": platform.platform(terse=True), "processor": platform.processor() or None,
+                           "cpus": os.cpu_count(), "torch_threads": torch.get_num_threads()}
+    try:
+        rec["load_average_1m"] = round(os.getloadavg()[0], 2)
+    except (OSError, AttributeError):
+        rec["load_average_1m"] = None
+    if torch.cuda.is_available():
+        rec["gpu"] = torch.cuda.get_device_name()
+    return rec
+
+
+def describe_machine(rec: dict | None = None) -> str:
+    """e.g. ``2 CPUs (Linux-6.1-x86_64), 1 torch thread, load average 3.1``."""
+    rec = rec or machine()
+    gpu = f", GPU {rec['gpu']}" if rec.get("gpu") else ""
+    load = "" if rec.get("load_average_1m") is None else f", load average {rec['load_average_1m']:g}"
+    threads = rec["torch_threads"]
+    return (f"{rec['cpus']} CPUs ({rec['platform']}){gpu}, {threads} torch thread{'s' if threads != 1 else ''}"
+            f"{load}")
 
 
 def checkpoint_record(ck, source: str | None = None) -> dict[str, Any]:
@@ -264,12 +293,19 @@ def provenance(*, command: str | None = None, checkpoint=None, source: str | Non
     rec["versions"] = versions()
     if timings is not None:
         rec["seconds"] = {k: round(float(v), 3) for k, v in timings.items()}
+        rec["machine"] = machine()  # timings mean little without the machine and its load
     return rec
+
+
+# The command being run, set by ddpm.cli.main (which may be called with an argv of its own).
+CURRENT_COMMAND: str | None = None
 
 
 def command_line() -> str:
     import shlex
 
+    if CURRENT_COMMAND is not None:
+        return CURRENT_COMMAND
     argv = list(sys.argv)
     prog = "ddpm" if argv and (argv[0].endswith(("ddpm", "__main__.py")) or argv[0] == "-m") else None
     return " ".join(shlex.quote(a) for a in ([prog] + argv[1:] if prog else argv))
@@ -369,4 +405,4 @@ def describe_os_error(e: OSError) -> str:
 __all__ = ["OutputError", "atomic_write", "atomic_dir", "staged_files", "write_text", "write_json",
            "check_output", "ensure_parent", "next_index", "provenance", "checkpoint_record", "sampler_record",
            "labels_record", "png_info", "npz_record", "write_sidecar", "sidecar_path", "read_provenance",
-           "describe_os_error", "versions", "FORMATS"]
+           "describe_os_error", "versions", "machine", "describe_machine", "FORMATS"]

@@ -84,8 +84,13 @@ def _quiet_broken_pipe() -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    import shlex
+
+    from ddpm import outputs
+
     parser = build_parser()
     args = parser.parse_args(argv)
+    outputs.CURRENT_COMMAND = "ddpm " + shlex.join(sys.argv[1:] if argv is None else list(argv))
     shown, warnings.showwarning = warnings.showwarning, _one_line_warning
     name = f"ddpm {args.command}"
     try:

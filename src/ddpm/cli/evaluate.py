@@ -250,7 +250,12 @@ def run_quality(args: argparse.Namespace) -> int:
     if want_fid and not args.ref and not args.ckpt:
         raise UserError("--ref is needed with --samples: a stats .npz, an image folder/.npz or a dataset name")
     random_weights = str(args.inception) == "random"
-    net = load_inception(args.inception, device=device)  # fail on missing weights before sampling
+    if random_weights:  # said on every score below, and in the JSON: no separate warning
+        from ddpm.evaluate.inception import random_inception
+
+        net = random_inception(device=device)
+    else:
+        net = load_inception(args.inception, device=device)  # fail on missing weights before sampling
     images, ck, main, used = _generated(args, device)
     if not main:
         return 0
@@ -300,7 +305,13 @@ def run_fid_stats(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     common.check_output(args.out, kind="npz", overwrite=args.overwrite, flag="--out")
     device = common.setup_runtime(args)
-    net = load_inception(args.inception, device=device)
+    if str(args.inception) == "random":
+        from ddpm.evaluate.inception import random_inception
+
+        print("note: RANDOM Inception weights (--inception random): these statistics are for pipeline checks only")
+        net = random_inception(device=device)
+    else:
+        net = load_inception(args.inception, device=device)
     stats = reference_statistics(net, args.data, num=args.num, split=args.split, resolution=args.resolution,
                                  channels=args.channels, device=device, progress=common.show_progress(args),
                                  download=args.download)

@@ -124,7 +124,7 @@ def check_sampling_memory(model_config, num_images: int, batch_size: int, *, gui
     if (results + batch * scale * c * h * w * QUICK_BYTES_PER_ELEMENT) * HEADROOM <= available:
         return  # fits even under the quick bound: no need to measure
     one = forward_peak_bytes(model_config, 1) * scale
-    need = forward_peak_bytes(model_config, batch) * scale if batch > 1 else one
+    need = one * batch  # every activation is proportional to the batch (the weights are not counted)
     if (results + need) * HEADROOM > available:
         fit = max(1, int((available / HEADROOM - results) // max(one, 1)))
         raise ConfigError(f"a batch of {batch:,} images needs about {gib(need)} for the network's activations "
