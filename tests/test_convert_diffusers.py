@@ -382,3 +382,24 @@ def test_info_on_imported_weights_shows_no_recipe(tmp_path, capsys):
         assert main(["info", "--json", str(path)]) == 0
         d = json.loads(capsys.readouterr().out)
         assert "train" not in d and "source" not in d["data"]
+
+
+def test_hf_hub_offline_environment_in_a_real_process(tmp_path):
+    """HF_HUB_OFFLINE=1 set in the environment (read by huggingface_hub at import): a populated cache
+    works, an empty one gives one line — in a fresh interpreter, as a user runs it."""
+    import os
+    import subprocess
+    import sys
+
+    pytest.importorskip("huggingface_hub")
+    cfg = dataclasses.replace(get_network("tiny"), out_channels=3)
+    cache = _hub_cache(tmp_path, _random(UNet(cfg)), DiffusionConfig(num_timesteps=4))
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HUB_CACHE": str(cache)}
+    argv = [sys.executable, "-m", "ddpm", "sample", "--steps", "2", "-n", "1", "--threads", "1", "--no-progress"]
+    ok = subprocess.run(argv + ["--ckpt", "acme/ddpm-tiny", "--npz", "a.npz"], cwd=tmp_path, env=env,
+                        capture_output=True, text=True, timeout=300)
+    assert ok.returncode == 0, ok.stderr
+    assert (tmp_path / "a.npz").is_file()
+    missing = subprocess.run(argv + ["--ckpt", "acme/other", "--npz", "b.npz"], cwd=tmp_path, env=env,
+                             capture_output=True, text=True, timeout=300)
+    assert missing.returncode == 2 and missing.stderr.count("\n") == 1 and "not in the Hub cache" in missing.stderr

@@ -26,6 +26,8 @@ CASES = {
     "unknown command": ["paint"],
     # ---------------------------------------------------------------- sample
     "sample: a trillion images": ["sample", "--ckpt", "{ck}", "-n", "1000000000000", "--npz", "{tmp}/o.npz"],
+    "sample: a trillion images of every class": ["sample", "--ckpt", "{ck}", "-n", "1000000000000", "--class", "all",
+                                                 "--npz", "{tmp}/o.npz"],
     "sample: a batch too big for memory": ["sample", "--ckpt", "{ck}", "-n", "300000", "--batch-size", "300000",
                                            "--npz", "{tmp}/o.npz"],
     "sample: seed 2**63": ["sample", "--ckpt", "{ck}", "--seed", BIG_SEED],
@@ -237,6 +239,34 @@ CASES = {
     "train: run dir under a file": ["train", "--preset", "digits-tiny", "--run-dir", "{tmp}/afile/run"],
 }
 
+# What some of the lines must say (the rest are checked for shape only).
+SAYS = {
+    "sample: a trillion images": "enough for about",
+    "sample: a batch too big for memory": "use --batch-size",
+    "sample: seed 2**63": "below 2**63",
+    "sample: 100000 threads": "at most 1024 threads",
+    "sample: guidance nan": "finite",
+    "sample: grid format unknown": "must end in .png",
+    "sample: grid exists": "pass --overwrite",
+    "sample: grid under a file": "is a file, not a directory",
+    "sample: grid name too long": "longer than 255 bytes",
+    "sample: Hub id not cached, offline": "not in the Hub cache",
+    "shared: branch after T": "--branch-at takes values in 0..1000",
+    "interpolate: t after T": "--t takes values in 0..1000",
+    "progressive: more frames than T": "--frames takes values in 1..1000",
+    "nll: MNIST not downloaded": "--download on ddpm eval",
+    "nll: damaged chunk meta": "unreadable",
+    "fid: samples with pickled objects": "pickled Python objects, which ddpm never loads",
+    "convert tf: pickled objects": "pickled Python objects, which ddpm never loads",
+    "convert tf: garbage npz": "not an .npz archive",
+    "convert tf: shapes of no U-Net": "do not describe the authors' U-Net",
+    "convert tf: TF checkpoint without TensorFlow": "needs TensorFlow",
+    "to-diffusers: out exists": "--overwrite",
+    "train: seed -1": "0..4294967295",
+    "train: batch of 1e11": "at most 1,048,576",
+    "train: lr NaN": "finite",
+}
+
 
 def _tree(root: Path) -> dict:
     return {str(p.relative_to(root)): (hashlib.sha256(p.read_bytes()).hexdigest() if p.is_file() else "dir")
@@ -275,9 +305,8 @@ def env(tmp_path_factory):
     (tmp / "badconfig" / "config.json").write_text("{not json")
     (tmp / "badconfig" / "diffusion_pytorch_model.safetensors").write_bytes(b"x")
     np.savez(tmp / "s.npz", arr_0=np.zeros((4, 28, 28, 1), np.uint8))
-    from ddpm.evaluate.fid import feature_statistics
-
-    feature_statistics(np.random.default_rng(0).normal(size=(8, 2048))).save(tmp / "ref.npz")
+    # a small statistics file: every case that names it fails before it is used
+    np.savez(tmp / "ref.npz", mu=np.zeros(4), sigma=np.eye(4), num=np.int64(8))
     cfg16 = get_preset("repro-smoke")  # 16x16: not a digits-shaped model
     ckpt.save_checkpoint(tmp / "uncond16", config=cfg16, step=0, ema_state=UNet(cfg16.model).state_dict())
     return tmp
@@ -337,4 +366,5 @@ def test_misuse(case, env, capsys):
     assert len(lines) == 1, (case, err)
     assert "Traceback" not in err and "error" in lines[0], (case, err)
     assert "share_until" not in err  # the internal name never reaches the user
+    assert SAYS.get(case, "") in lines[0], (case, lines[0])
     assert _tree(env) == before, case  # nothing changed, nothing added

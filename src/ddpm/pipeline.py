@@ -66,6 +66,10 @@ class Pipeline:
 
         if output not in OUTPUTS:
             raise ConfigError(f"output must be one of {', '.join(OUTPUTS)}, got {output!r}")
+        from ddpm.sampling.memory import check_sampling_memory
+
+        check_sampling_memory(self.config.model, int(num_images), int(batch_size), guidance=bool(guidance),
+                              device=self.device)  # say what fits instead of failing on allocation
         if isinstance(class_labels, str):
             k = getattr(self.config.model, "num_classes", None)
             if class_labels != "all" or k is None:

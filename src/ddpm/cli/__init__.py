@@ -110,6 +110,12 @@ def main(argv: list[str] | None = None) -> int:
     except MemoryError:
         print(f"{name}: error: out of memory; use fewer images (-n) or a smaller --batch-size", file=sys.stderr)
         return 2
+    except RuntimeError as e:
+        if type(e).__name__ != "OutOfMemoryError":  # torch's CUDA/MPS OOM; any other RuntimeError is a bug
+            raise
+        print(f"{name}: error: the device ran out of memory ({str(e).splitlines()[0][:120]}); use a smaller "
+              "--batch-size", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print(f"{name}: interrupted", file=sys.stderr)
         return 130

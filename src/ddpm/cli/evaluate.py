@@ -195,11 +195,11 @@ def _generated(args, device):
     info, device = distributed.setup(device)
     ck = load_checkpoint(args.ckpt, use_ema=not args.raw, device=device)
     num_classes = ck.config.model.num_classes
-    labels = common.class_labels_from_args(args, num_classes, args.num)
     sampler = common.sampler_config_from_args(args, ck.config.sampling)
+    common.check_memory(ck.config.model, args.num, args.batch_size, sampler, device)  # before any list of n
+    labels = common.class_labels_from_args(args, num_classes, args.num)
     resolved = resolve_sampler(sampler, ck.diffusion.num_timesteps, num_classes=num_classes,
                                labels=labels is not None)
-    common.check_memory(ck.config.model, args.num, args.batch_size, sampler, device)
     x = generate(ck.model, ck.diffusion, args.num, batch_size=args.batch_size, sampler=sampler,
                  class_labels=labels, seed=args.seed, device=device,
                  progress=common.show_progress(args, info.is_main),

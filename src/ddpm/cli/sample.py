@@ -97,11 +97,11 @@ def run(args) -> int:
     info, device = distributed.setup(device)
     loaded = load_checkpoint(args.ckpt, use_ema=not args.raw, device=device)
     num_classes = loaded.config.model.num_classes
-    labels = common.class_labels_from_args(args, num_classes, args.num, first)
     sampler = common.sampler_config_from_args(args, loaded.config.sampling)
+    common.check_memory(loaded.config.model, args.num, args.batch_size, sampler, device)  # before any list of n
+    labels = common.class_labels_from_args(args, num_classes, args.num, first)
     resolved = resolve_sampler(sampler, loaded.diffusion.num_timesteps, num_classes=num_classes,
                                labels=labels is not None)
-    common.check_memory(loaded.config.model, args.num, args.batch_size, sampler, device)
     fast = common.fast_path_from_args(args, device)
     t1 = time.perf_counter()
     x = generate(loaded.model, loaded.diffusion, args.num, batch_size=args.batch_size, sampler=sampler,
