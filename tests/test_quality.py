@@ -227,7 +227,7 @@ def test_eval_quality_on_smaller_digits_and_with_inception_features(tmp_path, ca
     assert row["features"] == "digits (at 16×16, upsampled)" and row["n"] == 12
     # The FID network's features (random weights here: a pipeline check), against real digits.
     assert main(["eval", "quality", "--ckpt", str(ck), "-n", "10", "--steps", "2", "--features", "inception",
-                 "--inception", "random", "--ref", "digits", "--ref-num", "20", "--json", str(out),
+                 "--inception", "random", "--ref", "digits", "--ref-num", "20", "--json", str(out), "--overwrite",
                  "--no-progress"]) == 0
     row = json.loads(out.read_text())
     assert row["features"].startswith("inception vs digits/train (RANDOM")

@@ -65,7 +65,7 @@ def test_fig8_cli_and_errors(out, capsys):
     from ddpm.cli import main
 
     assert main(["repro", "fig8", "--scale", "smoke", "--out", str(out / "f"), "--device", "cpu"]) == 0
-    assert "report:" in capsys.readouterr().out and (out / "f" / "fig8.png").is_file()
+    assert "report.md" in capsys.readouterr().out and (out / "f" / "fig8.png").is_file()
     assert main(["repro", "fig9", "--scale", "smoke", "--out", str(out / "f"), "--device", "cpu"]) == 0
     assert "t = [0, 1, 2, 4, 5, 6, 8, 9, 10]" in (out / "f" / "report.md").read_text()  # Fig. 9's sweep
     assert main(["repro", "table2", "--scale", "smoke", "--ckpt", "x", "--out", str(out / "g")]) == 2

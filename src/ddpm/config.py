@@ -121,6 +121,9 @@ class Config:
     data: DataConfig = field(default_factory=DataConfig)
     sampling: SamplerConfig = field(default_factory=SamplerConfig)
     preset: str | None = None
+    # Set on weights imported from elsewhere (``ddpm convert``): what they came from. Such a checkpoint
+    # records no training recipe or dataset of its own; ``train``/``data`` then hold defaults only.
+    imported_from: str | None = None
 
     def __post_init__(self):
         # The network follows the data and the diffusion: image shape and labels from ``data``, doubled
@@ -158,6 +161,7 @@ class Config:
             data=_from_dict(DataConfig, d.get("data", {})),
             sampling=_from_dict(SamplerConfig, d.get("sampling", {})),
             preset=d.get("preset"),
+            imported_from=d.get("imported_from"),
         )
 
     @classmethod

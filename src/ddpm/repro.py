@@ -416,17 +416,22 @@ def run_repro(target: str, scale: str = "tiny", *, out: str | Path | None = None
         raise ConfigError(f"unknown target {target!r}; choose one of {', '.join(TARGETS)}")
     if scale not in SCALE_SETTINGS:
         raise ConfigError(f"unknown scale {scale!r}; choose tiny or paper")
+    if target == "table2" and ckpt:  # checked before the output folder is made
+        raise ConfigError("table2 trains its six models itself; drop --ckpt")
     out = Path(out or f"repro/{target}-{scale}")
     out.mkdir(parents=True, exist_ok=True)
     r = Repro(target, SCALE_SETTINGS[scale], out, data=data, ckpt=ckpt, inception=inception, device=device,
               steps=steps, progress=progress)
+    from ddpm.outputs import describe_machine, machine
+
+    host = machine()  # the load at the start: wall times depend on what else runs
     t0 = time.perf_counter()
     body = RECIPES[target](r)
     wall = time.perf_counter() - t0
     cfg = r.base_config()
     lines = [f"# {TITLES[target]} — `{scale}` scale", "",
              f"Produced by `ddpm repro {target} --scale {scale}`" + (f" --ckpt {ckpt}" if ckpt else "") +
-             f" in {wall / 60:.1f} min wall time.", ""]
+             f" in {wall / 60:.1f} min wall time on {describe_machine(host)} at the start.", ""]
     if scale != "paper":
         lines += [f"Setting: {cfg.data.source} at {cfg.model.resolution}×{cfg.model.resolution}, U-Net ch "
                   f"{cfg.model.ch} × {list(cfg.model.ch_mult)}, T = {cfg.diffusion.num_timesteps} (β "
@@ -439,11 +444,16 @@ def run_repro(target: str, scale: str = "tiny", *, out: str | Path | None = None
         lines += ["## Notes", ""] + [f"- {n}" for n in dict.fromkeys(r.notes)] + [""]
     lines += ["## Wall time", "", "| phase | seconds |", "|---|---|"]
     lines += [f"| {k} | {v:.1f} |" for k, v in r.timings.items()] + [f"| total | {wall:.1f} |", ""]
+    from ddpm.outputs import provenance, write_text
+
     report = out / "report.md"
-    report.write_text("\n".join(lines))
-    (out / "results.json").write_text(json.dumps({"target": target, "scale": scale, "wall_s": wall,
-                                                  "timings": r.timings, "results": r.results,
-                                                  "notes": r.notes}, indent=2, default=_json_default) + "\n")
+    write_text(report, "\n".join(lines))
+    record = provenance(target=target, scale=scale, ckpt=ckpt, steps=steps, timings=r.timings,
+                        machine_at_start=host)
+    write_text(out / "results.json", json.dumps({"target": target, "scale": scale, "wall_s": wall,
+                                                 "timings": r.timings, "results": r.results,
+                                                 "notes": r.notes, "provenance": record},
+                                                indent=2, default=_json_default) + "\n")
     return report
 
 

@@ -127,11 +127,11 @@ def load_rows(path: str | os.PathLike) -> list[dict]:
 
 
 def write_rows(path: str | os.PathLike, rows: list[dict], meta: dict) -> None:
+    from ddpm.outputs import write_text
+
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps({**meta, "rows": rows}, indent=1) + "\n")
-    os.replace(tmp, path)
+    write_text(path, json.dumps({**meta, "rows": rows}, indent=1) + "\n")
 
 
 def run_sweep(ck, configs: list, *, n: int, json_path, classes="all", seed: int = 0, batch_size: int = 100,
@@ -237,12 +237,15 @@ def plot_sweep(rows: list[dict], path, *, floor: dict | None = None, title: str 
     if title:
         fig.suptitle(title, fontsize=10)
     fig.tight_layout()
+    from ddpm.outputs import atomic_write
+
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.stem + ".tmp" + path.suffix)
-    fig.savefig(tmp, dpi=120)
-    plt.close(fig)
-    os.replace(tmp, path)
+    try:
+        with atomic_write(path) as f:
+            fig.savefig(f, dpi=120, format="png")
+    finally:
+        plt.close(fig)
     return path
 
 
