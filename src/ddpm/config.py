@@ -73,6 +73,10 @@ class TrainConfig:
     keep_checkpoints: int = 2
     num_sample_images: int = 64
     sample_steps: int | None = None  # steps of the periodic sample grids (None: the full T-step chain)
+    # What a step minimises (ddpm.train.objectives): "diffusion" is the paper's loss (diffusion.loss_type);
+    # other entries train classifiers, distilled students, autoencoders with the same loop.
+    objective: str = "diffusion"
+    objective_options: dict = field(default_factory=dict)
 
 
 @dataclass
@@ -117,6 +121,9 @@ class Config:
     data: DataConfig = field(default_factory=DataConfig)
     sampling: SamplerConfig = field(default_factory=SamplerConfig)
     preset: str | None = None
+    # Set on weights imported from elsewhere (``ddpm convert``): what they came from. Such a checkpoint
+    # records no training recipe or dataset of its own; ``train``/``data`` then hold defaults only.
+    imported_from: str | None = None
 
     def __post_init__(self):
         # The network follows the data and the diffusion: image shape and labels from ``data``, doubled
@@ -154,6 +161,7 @@ class Config:
             data=_from_dict(DataConfig, d.get("data", {})),
             sampling=_from_dict(SamplerConfig, d.get("sampling", {})),
             preset=d.get("preset"),
+            imported_from=d.get("imported_from"),
         )
 
     @classmethod
@@ -207,7 +215,7 @@ SECTIONS = ("model", "diffusion", "train", "data", "sampling")
 
 def apply_overrides(cfg: Config, overrides: list[str]) -> Config:
     """Apply ``section.field=value`` strings (e.g. ``train.lr=1e-4``, ``model.ch_mult=1,2,2``,
-    ``sampling.options.eta=0.5``).
+    ``sampling.options.eta=0.5``, ``train.objective_options.NAME=value``).
 
     Values are parsed as JSON where possible; comma lists become tuples. Returns a new Config.
     Derived network fields (image shape, classes, output channels) are refused with the setting to
@@ -221,6 +229,9 @@ def apply_overrides(cfg: Config, overrides: list[str]) -> Config:
         section, name = key.split(".", 1)
         if section == "sampling" and name.startswith("options."):
             d["sampling"]["options"][name.split(".", 1)[1]] = _parse_value(raw)
+            continue
+        if section == "train" and name.startswith("objective_options."):
+            d["train"]["objective_options"][name.split(".", 1)[1]] = _parse_value(raw)
             continue
         if section == "model" and name == "arch":
             d["model"] = {"arch": _parse_value(raw)}

@@ -52,7 +52,7 @@ def describe(path: str | Path) -> tuple[list[str], dict]:
         n = sum(t.numel() for t in loaded.model.parameters())
         cfg = loaded.config
         lines += [f"path:        {p} (diffusers folder)", f"parameters:  {n:,}"]
-        return lines + _config_lines(cfg), cfg.to_dict()
+        return lines + _config_lines(cfg, imported=f"diffusers folder {path}"), _imported_dict(cfg)
     target = ckpt.resolve_checkpoint(p)
     if (p / "checkpoints").is_dir():
         steps = [d.name for d in ckpt.list_checkpoints(p)]
@@ -79,6 +79,10 @@ def describe(path: str | Path) -> tuple[list[str], dict]:
     resumable = target.is_dir() and (target / "train_state.json").is_file()
     lines.append(f"resumable:   {'yes' if resumable else 'no (weights only)'}")
     lines.append("files:       " + ", ".join(f"{f.name} {f.stat().st_size:,} B" for f in files))
+    if cfg.imported_from and not resumable:  # converted weights: no recipe or data of their own
+        return lines + _config_lines(cfg, imported=cfg.imported_from), _imported_dict(cfg)
+    if cfg.imported_from:
+        lines.append(f"initialised: from imported weights ({cfg.imported_from})")
     return lines + _config_lines(cfg), cfg.to_dict()
 
 
@@ -92,9 +96,28 @@ def describe_preset(name: str) -> tuple[list[str], dict]:
     return lines + _config_lines(cfg), cfg.to_dict()
 
 
-def _config_lines(cfg) -> list[str]:
+def _imported_dict(cfg) -> dict:
+    """The config of imported weights without the training recipe and dataset they never had."""
+    d = cfg.to_dict()
+    d.pop("train", None)
+    d["data"] = {"channels": cfg.data.channels, "resolution": cfg.data.resolution,
+                 "class_labels": cfg.data.class_labels}
+    return d
+
+
+def _config_lines(cfg, imported: str | None = None) -> list[str]:
     d, t, data, s = cfg.diffusion, cfg.train, cfg.data, cfg.sampling
     options = "".join(f", {k} {v}" for k, v in sorted((s.options or {}).items()))
+    if imported:
+        c, h, w = cfg.model.image_shape
+        head = [f"imported:    {imported}; no training recipe or dataset is recorded with these weights",
+                f"network:     {cfg.model.arch}: {cfg.model.describe()}",
+                f"diffusion:   {d.schedule} betas {d.beta_start:g}..{d.beta_end:g}, T={d.num_timesteps}, "
+                f"mean {d.mean_type}, variance {d.var_type}"]
+        return head + [
+            f"sampling:    {s.sampler}, {s.steps or 'all'} steps, guidance {s.guidance:g}, clip x̂0 "
+            f"{'yes' if s.clip_denoised else 'no'}",
+            f"images:      {c}x{h}x{w}{', class-conditional' if cfg.model.num_classes else ''}"]
     return [
         f"network:     {cfg.model.arch}: {cfg.model.describe()}",
         f"diffusion:   {d.schedule} betas {d.beta_start:g}..{d.beta_end:g}, T={d.num_timesteps}, "

@@ -91,6 +91,10 @@ def run(args) -> int:
 
     common.setup_runtime(args)  # checks --device before any work
     cfg = build_config(args)
+    if cfg is not None:  # every value checked before the run directory is created
+        from ddpm.train.validate import validate_config
+
+        validate_config(cfg)
     trainer = Trainer(cfg, args.run_dir, device=args.device, resume=args.resume, init_from=args.init_from,
                       progress=args.progress)
     try:

@@ -78,9 +78,11 @@ class BpdResult:
     def write_csv(self, path: str | os.PathLike) -> Path:
         """Per-t terms: code t, paper t, mean term (bits/dim), x̂0 MSE, x̂0 RMSE (0–255, both
         aggregations), ε MSE."""
+        from ddpm.outputs import atomic_write
+
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        with open(path, "w", newline="") as f:
+        with atomic_write(path, "w") as f:
             w = csv.writer(f)
             w.writerow(["t", "paper_t", "term_bpd", "xstart_mse", "rmse_0_255_sqrt_mean_mse",
                         "rmse_0_255_mean_per_image", "eps_mse"])
@@ -109,9 +111,15 @@ def _run_chunk(diffusion, model, x0: torch.Tensor, index: torch.Tensor, seed: in
 
 
 def _check_meta(chunk_dir: Path, meta: dict) -> None:
+    from ddpm.outputs import write_text
+
     path = chunk_dir / "meta.json"
     if path.is_file():
-        old = json.loads(path.read_text())
+        try:
+            old = json.loads(path.read_text())
+        except ValueError:
+            raise UserError(f"{path} is unreadable (not JSON); delete {chunk_dir} to start this evaluation "
+                            "afresh") from None
         if old != meta:
             diff = sorted(k for k in set(old) | set(meta) if old.get(k) != meta.get(k))
             raise UserError(
@@ -120,21 +128,24 @@ def _check_meta(chunk_dir: Path, meta: dict) -> None:
             )
     else:
         chunk_dir.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(meta, indent=2, sort_keys=True))
+        write_text(path, json.dumps(meta, indent=2, sort_keys=True))
 
 
 def _save_chunk(path: Path, res: dict[str, np.ndarray]) -> None:
-    tmp = path.with_name(path.stem + ".tmp.npz")
-    np.savez(tmp, **res)
-    os.replace(tmp, path)  # atomic: a killed run never leaves a half-written chunk behind
+    from ddpm.outputs import atomic_write
+
+    with atomic_write(path, fsync=False) as f:  # a killed run never leaves a half-written chunk behind
+        np.savez(f, **res)
 
 
 def _load_chunk(path: Path) -> dict[str, np.ndarray] | None:
+    import zipfile
+
     try:
-        with np.load(path) as f:
+        with np.load(path, allow_pickle=False) as f:
             return {k: f[k] for k in CHUNK_KEYS}
-    except (OSError, KeyError, ValueError):
-        return None  # unreadable: recompute it
+    except (OSError, KeyError, ValueError, EOFError, AttributeError, zipfile.BadZipFile):
+        return None  # unreadable (damaged on disk): recompute it
 
 
 def evaluate_bpd(

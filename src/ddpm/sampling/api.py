@@ -107,7 +107,7 @@ def generate(model, diffusion, num_images: int, *, batch_size: int = 64,
              spacing: str | None = None, class_labels=None, guidance: float | None = None,
              clip_denoised: bool | None = None, seed: int = 0, device=None, progress: bool = False,
              rank: int = 0, world_size: int = 1, image_shape: Sequence[int] | None = None, fast=None,
-             options: dict | None = None) -> torch.Tensor:
+             options: dict | None = None, first_index: int = 0) -> torch.Tensor:
     """Sample ``num_images`` images; returns float32 (n, C, H, W) in [−1, 1] on the CPU.
 
     - ``sampler``: a registry name or a :class:`SamplerConfig` (e.g. a checkpoint's
@@ -121,6 +121,9 @@ def generate(model, diffusion, num_images: int, *, batch_size: int = 64,
     - ``image_shape``: (C, H, W) for models without a ``config`` (otherwise read from it).
     - ``fast``: an optional :class:`ddpm.accel.FastPath` (channels_last, bf16 autocast, compile,
       CUDA graphs) applied to the network call; None runs the plain fp32 model.
+    - ``first_index``: draw images first_index … first_index + n − 1 of the seed's stream (so two
+      calls of n images, the second from n, give what one call of 2n gives); ``class_labels`` and
+      the returned tensor are indexed from 0 all the same.
 
     Image i depends only on (seed, i) and the sampler settings, not on batch_size or world_size.
     """
@@ -136,6 +139,7 @@ def generate(model, diffusion, num_images: int, *, batch_size: int = 64,
     n = _check_int("num_images", num_images, 1)
     batch_size = _check_int("batch_size", batch_size, 1)
     seed = _check_int("seed", seed, 0)
+    first_index = _check_int("first_index", first_index, 0)
     world_size = _check_int("world_size", world_size, 1)
     if not 0 <= int(rank) < world_size:
         raise ConfigError(f"rank must be in 0..{world_size - 1}, got {rank}")
@@ -168,7 +172,8 @@ def generate(model, diffusion, num_images: int, *, batch_size: int = 64,
         with torch.no_grad():
             for start in range(0, len(local), batch_size):
                 idx = local[start:start + batch_size]
-                noise = PerImageNoise([image_generator(seed, i, device) for i in idx], image_shape, draws, device)
+                noise = PerImageNoise([image_generator(seed, first_index + i, device) for i in idx], image_shape,
+                                      draws, device)
                 x_T = noise.initial()
                 kwargs = None if labels is None else {"y": labels[idx].to(device)}
                 x = resolved(net, diffusion, x_T, noise=noise, model_kwargs=kwargs, progress=progress)

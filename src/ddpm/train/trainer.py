@@ -37,6 +37,7 @@ from ddpm import checkpoint as ckpt
 from ddpm import distributed
 from ddpm.train.ema import EMA
 from ddpm.train.metrics import MetricsLog
+from ddpm.train.objectives import build_objective, pack_state, unpack_state
 from ddpm.train.validate import validate_config
 
 # Fields that may differ between the saved config of a run and the config passed to resume it.
@@ -121,6 +122,7 @@ class Trainer:
         self.ema = EMA(self.model, tc.ema_decay)
         self.diffusion = self.config.diffusion.build()
         self.timestep_sampler = create_timestep_sampler(tc.timestep_sampler, self.diffusion.num_timesteps)
+        self.objective = build_objective(self.config, self.diffusion, self.device)
         opt_kw = accel.optimizer_kwargs(self.device)  # fused Adam on CUDA and CPU
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=tc.lr, betas=tuple(tc.adam_betas),
                                           eps=tc.adam_eps, weight_decay=0.0, **opt_kw)
@@ -243,11 +245,14 @@ class Trainer:
     # ------------------------------------------------------------------ state
     def _state(self) -> tuple[dict, dict]:
         pos = self.step * self.config.train.batch_size
-        return ckpt.pack_train_state(
+        obj_tensors, obj_json = pack_state(self.objective)
+        tensors, js = ckpt.pack_train_state(
             self.optimizer, {"gen_cpu": self.gen_cpu, "gen_dev": self.gen_dev}, self.timestep_sampler.state_dict(),
             step=self.step, ema_initialized=self.ema_initialized,
             data_position={"epoch": pos // self.num_examples, "index": pos % self.num_examples},
-            world_size=self.dist.world_size)
+            world_size=self.dist.world_size, objective=obj_json)
+        tensors.update(obj_tensors)
+        return tensors, js
 
     def _load_state(self) -> None:
         try:
@@ -265,6 +270,7 @@ class Trainer:
         self.ema_initialized = js["ema_initialized"]
         self.timestep_sampler.load_state_dict(
             ckpt.restore_train_state(tensors, js, self.optimizer, {"gen_cpu": self.gen_cpu, "gen_dev": self.gen_dev}))
+        self.objective.load_state_dict(unpack_state(tensors, js.get("objective", {})))
         self.step = int(js["step"])
         if self.is_main:
             print(f"resuming {self.run_dir} from {directory.name}", file=sys.stderr)
@@ -344,7 +350,7 @@ class Trainer:
         x, t, weights, noise, kwargs = self._batch()
         self.model.train()
         with accel.autocast(self.device, tc.precision):
-            losses = self.diffusion.training_losses(self.forward_model, x, t, noise=noise, model_kwargs=kwargs)
+            losses = self.objective.losses(self.forward_model, x, t, noise, kwargs)
         per_example = losses["loss"].float()
         loss = (per_example * weights).mean()
         self.optimizer.zero_grad(set_to_none=True)
@@ -358,6 +364,7 @@ class Trainer:
         self.optimizer.step()
         self.ema.update(self.model)
         self.ema_initialized = True
+        self.objective.after_step(self.model)
         self.timestep_sampler.update_with_losses(t, per_example.detach())
         self.step += 1
         bad = ~(torch.isfinite(loss) & torch.isfinite(gnorm))
@@ -420,7 +427,7 @@ class Trainer:
                         bar.set_postfix(loss=f"{record['loss']:.4f}", img_s=f"{record['images_per_sec']:.0f}")
                     loss_sum.zero_()
                     n_loss, t0, step0 = 0, time.perf_counter(), s
-                if tc.sample_every and s % tc.sample_every == 0:
+                if tc.sample_every and s % tc.sample_every == 0 and self.objective.makes_samples:
                     self.sample_grid()
                 if (tc.ckpt_every and s % tc.ckpt_every == 0) or last:
                     self.save()

@@ -74,10 +74,42 @@ def validate_config(cfg: Config) -> Config:
                           "there are; set model.num_classes to the number of class sub-folders")
     if m.num_classes is None and t.class_dropout > 0:
         raise ConfigError("train.class_dropout > 0 needs class labels (set data.class_labels=true)")
+    _check_ranges(cfg)
     from ddpm.sampling.registry import resolve_sampler
 
     resolve_sampler(cfg.sampling, cfg.diffusion.num_timesteps, num_classes=m.num_classes, labels=True)
     from ddpm.train.timesteps import create_timestep_sampler
 
     create_timestep_sampler(t.timestep_sampler, cfg.diffusion.num_timesteps)
+    from ddpm.train.objectives import get_objective, resolve_options
+
+    resolve_options(get_objective(t.objective), t.objective_options)
     return cfg
+
+
+# Upper bounds of existing fields (issue 17): values past them fail at once instead of hanging,
+# crashing or overflowing minutes later.
+SEED_LIMIT = 2**32  # train.seed also seeds NumPy's legacy generator, which takes 0 <= seed < 2**32
+MAX_BATCH = 1 << 20  # a global batch of a million images is already far beyond one machine's memory
+
+
+def _check_ranges(cfg: Config) -> None:
+    """Every float finite, seeds within the generators' range, sizes within reason."""
+    for section in SECTIONS:
+        obj = getattr(cfg, section)
+        for f in dataclasses.fields(obj):
+            value = getattr(obj, f.name)
+            values = value if isinstance(value, tuple) else (value,)
+            if any(isinstance(v, float) and (v != v or v in (float("inf"), float("-inf"))) for v in values):
+                raise ConfigError(f"{section}.{f.name} must be a finite number, got {value!r}")
+    t = cfg.train
+    if not 0 <= t.seed < SEED_LIMIT:
+        raise ConfigError(f"train.seed must be in 0..{SEED_LIMIT - 1} (NumPy's seed range), got {t.seed}")
+    if t.batch_size > MAX_BATCH:
+        raise ConfigError(f"train.batch_size must be at most {MAX_BATCH:,}, got {t.batch_size:,}")
+    if t.num_sample_images > MAX_BATCH:
+        raise ConfigError(f"train.num_sample_images must be at most {MAX_BATCH:,}, got {t.num_sample_images:,}")
+    if not 0.0 <= t.adam_betas[0] < 1.0 or not 0.0 <= t.adam_betas[-1] < 1.0 or len(t.adam_betas) != 2:
+        raise ConfigError(f"train.adam_betas must be two numbers in [0, 1), got {t.adam_betas}")
+    if t.adam_eps <= 0:
+        raise ConfigError(f"train.adam_eps must be positive, got {t.adam_eps}")
