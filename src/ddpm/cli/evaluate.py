@@ -155,10 +155,11 @@ def _ode_nll(args) -> int:
     from ddpm.checkpoint import load_checkpoint
     from ddpm.evaluate.inputs import eval_images
     from ddpm.evaluate.ode_likelihood import evaluate_ode_bpd
+    from ddpm.errors import ConfigError
     from ddpm.outputs import provenance, write_json
 
     if args.no_clip:
-        raise common.UserError("--no-clip is for the variational bound; the ODE never clips x̂0")
+        raise ConfigError("--no-clip is for the variational bound; the ODE never clips x̂0")
     common.check_output(args.out, is_dir=True, flag="--out")
     t0 = time.perf_counter()
     device = common.setup_runtime(args)

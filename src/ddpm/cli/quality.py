@@ -83,6 +83,8 @@ def add_parsers(sub) -> None:
                    help="comma list of samplers with options after ':', e.g. ddpm,ddim:eta=0,ddim:eta=1")
     q.add_argument("--steps", type=_ints, required=True, help="comma list of step counts, e.g. 10,20,50,1000")
     q.add_argument("--spacing", help="timestep spacing for every setting (default: each sampler's own)")
+    q.add_argument("--clip", dest="clip_denoised", action=argparse.BooleanOptionalAction, default=None,
+                   help="clip x̂0 to [-1, 1] in every step, for every setting (default: each setting's own, yes)")
     q.add_argument("--guidance", type=_floats, default=[0.0],
                    help="comma list of guidance weights w >= 0 (default 0); " + common.GUIDANCE_HELP)
     q.add_argument("--json", required=True, help="the sweep's table; rows already in it are kept, not re-run "
@@ -153,7 +155,7 @@ def run_sweep(args: argparse.Namespace) -> int:
         common.check_output(args.markdown, may_exist=True, flag="--markdown")
     ck, device, instrument = _load(args)
     configs = sampler_configs(ck.config.sampling, parse_samplers(args.samplers), args.steps, args.guidance,
-                              args.spacing)
+                              args.spacing, args.clip_denoised)
     cond = ck.config.model.num_classes is not None and args.classes != "null"
     for cfg in configs:  # every setting checked before the first image is drawn
         resolve_sampler(cfg, ck.diffusion.num_timesteps, num_classes=ck.config.model.num_classes, labels=cond)

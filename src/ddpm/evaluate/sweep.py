@@ -263,8 +263,9 @@ def plot_sweep(rows: list[dict], path, *, floor: dict | None = None, title: str 
 
 
 def sampler_configs(base, samplers: list[tuple[str, dict]], steps: list[int | None], guidances: list[float],
-                    spacing: str | None = None) -> list:
-    """The cross product of samplers × steps × guidance as SamplerConfigs on top of ``base``."""
+                    spacing: str | None = None, clip_denoised: bool | None = None) -> list:
+    """The cross product of samplers × steps × guidance as SamplerConfigs on top of ``base``
+    (``clip_denoised`` None: each config's own)."""
     from ddpm.sampling.api import sampler_config
 
     out = []
@@ -272,6 +273,7 @@ def sampler_configs(base, samplers: list[tuple[str, dict]], steps: list[int | No
         for k in steps:
             for w in guidances:
                 start = base if base is not None and name == base.sampler else name
-                cfg = sampler_config(start, steps=k, spacing=spacing, guidance=w, options=options)
+                cfg = sampler_config(start, steps=k, spacing=spacing, guidance=w, options=options,
+                                     clip_denoised=clip_denoised)
                 out.append(dataclasses.replace(cfg, options=dict(cfg.options)))
     return out
