@@ -3,11 +3,11 @@ diffusion models", NeurIPS), data-prediction form, on the σ grid of :mod:`ddpm.
 
 A multistep exponential integrator in λ = −log σ like DPM-Solver++ (``hh = −h``):
 
-- **UniP-p** (predictor, their Algorithm 2): x̃_t = (σ_t/σ_s)x̃_s − (e^{−h} − 1)x̂0_s − B(h)·Σ_k ρ_k D_k,
+- **UniP-p** (predictor, their §3.2): x̃_t = (σ_t/σ_s)x̃_s − (e^{−h} − 1)x̂0_s − B(h)·Σ_k ρ_k D_k,
   with D_k = (x̂0_{s_k} − x̂0_s)/r_k the divided differences over the previous points
   (r_k = (λ_{s_k} − λ_s)/h), and ρ solving R ρ = g(h) with R_{ik} = r_k^{i} and the φ-function
-  vector g_i = i!·hφ_{i+1}(hh)/B(h) (their Eq. 9/Theorem 3.1); ρ = ½ at order 2.
-- **UniC-p** (corrector, their Algorithm 1): once the network has been evaluated at the predicted
+  vector g_i = i!·hφ_{i+1}(hh)/B(h) (their Theorem 3.1); ρ = ½ at order 2.
+- **UniC-p** (corrector, their §3.1): once the network has been evaluated at the predicted
   x̃_t (which the next step needs anyway), re-do the step with that x̂0_t as one more point (r = 1):
   the order rises by one at no extra network call. The corrected x̃_t continues the chain; the x̂0_t
   stays the one evaluated at the predicted point (as the reference implementation and diffusers).
@@ -111,5 +111,5 @@ UNIPC = SamplerSpec(
     deterministic=lambda o: True,
     noise_draws=lambda T, steps, spacing, o: 0,
     nfe=lambda T, steps, spacing, o: min(steps or DEFAULT_STEPS, T),
-    references="Zhao et al. 2023 (UniPC), Algorithms 1-2 and Theorem 3.1",
+    references="Zhao et al. 2023 (UniPC), §3.1 (UniC), §3.2 (UniP), Theorem 3.1",
 )
