@@ -93,7 +93,8 @@ def test_figures_take_the_new_samplers(run_dir, tmp_path, capsys, figure, sample
 def test_sweep_reports_the_measured_nfe_of_the_adaptive_ode(tmp_path, capsys):
     out = tmp_path / "s.json"
     assert main(["eval", "sweep", "--ckpt", ASSET, "-n", "10", "--samplers", "ode:rtol=0.01:atol=0.01,dpmpp-2m",
-                 "--steps", "3", "--json", str(out), "--no-progress"]) == 0
+                 "--steps", "3", "--no-clip", "--json", str(out), "--no-progress"]) == 0
     rows = {r["sampler"]: r for r in json.loads(out.read_text())["rows"]}
     assert rows["dpmpp-2m"]["nfe"] == 3 and rows["dpmpp-2m"]["nfe_measured"] == 3
+    assert not rows["dpmpp-2m"]["clip"] and "no clipping" in rows["dpmpp-2m"]["describe"]
     assert rows["ode"]["nfe"] == round(rows["ode"]["nfe_measured"], 1) and rows["ode"]["nfe"] > 10
