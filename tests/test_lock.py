@@ -109,6 +109,10 @@ def test_new_run_into_a_directory_being_written_names_the_holder(tmp_path):
     try:
         with pytest.raises(LockError, match=f"in use by pid {holder.pid}"):
             Trainer(cfg(), run, progress=False, tensorboard=False)
+        (run / "config.json").unlink()  # a new run still setting up (config.json is written last)
+        with pytest.raises(LockError, match=f"in use by pid {holder.pid}"):
+            Trainer(None, run, resume=True, progress=False, tensorboard=False)
+        (run / "config.json").write_text("{}")
     finally:
         holder.kill()
         holder.wait()
@@ -119,7 +123,7 @@ def test_two_trainers_racing_on_one_new_run_directory(tmp_path):
     """Started together with different seeds: one trains, the other exits 2 with one line naming the holder,
     and the run is a clean single-seed run, checkpoint for checkpoint the same as a straight run."""
     run = tmp_path / "raced"
-    steps = 16  # long enough (seconds) that the loser reaches the lock while the winner trains
+    steps = 10  # long enough (seconds) that the loser reaches the lock while the winner trains
     procs = []
     for seed in (1, 2):
         cmd = [sys.executable, "-m", "ddpm", "train", "--preset", "digits-tiny", "--run-dir", str(run), "--steps",

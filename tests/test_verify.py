@@ -199,18 +199,25 @@ def test_latest_pointer_lagging_behind_is_not_followed(run):
 def test_checkpoints_without_hashes_load_by_size_with_a_note(run):
     d = run / "checkpoints" / "step_0000004"
     m = json.loads((d / "manifest.json").read_text())
-    del m["sha256"]
+    m_hashes = m.pop("sha256")
     (d / "manifest.json").write_text(json.dumps(m))
     with pytest.warns(UserWarning, match="written before checkpoints recorded content hashes; checked by file size"):
         assert ckpt.load_checkpoint(d).step == 4
+    assert ckpt.add_hashes(d)["sha256"] == m_hashes  # how an older checkpoint (e.g. an asset) gets them
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        ckpt.verify_checkpoint(d)
+    (d / "manifest.json").write_text(json.dumps(m))  # without the hashes again
     f = d / "ema.safetensors"
     f.write_bytes(f.read_bytes()[:-8])  # the size check still catches truncation
     with pytest.raises(CheckpointError, match="truncated"):
         ckpt.verify_checkpoint(d)
 
 
-def test_shipped_digits_checkpoint_still_loads():
+def test_shipped_digits_checkpoint_still_loads(monkeypatch):
     from importlib import resources
+
+    monkeypatch.setattr(ckpt, "_NOTED", set())  # the note comes once per process
 
     path = resources.files("ddpm") / "assets" / "digits"
     manifest = json.loads((path / "manifest.json").read_text())

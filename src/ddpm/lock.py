@@ -101,15 +101,22 @@ class DirLock:
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
         except OSError as e:
             raise LockError(f"cannot create the lock file {self.path}: {e.strerror}") from None
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = _read_record(fd)
-            os.close(fd)
-            raise LockError(self.busy_message(holder)) from None
-        except OSError as e:  # e.g. a file system without locks
-            os.close(fd)
-            raise LockError(f"cannot lock {self.path}: {e.strerror}") from None
+        # A lock held with an empty record is either a holder between taking it and writing its record,
+        # or another process's :meth:`holder` probe (microseconds): both pass, so retry for a moment.
+        deadline = time.monotonic() + 1.0
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                holder = _read_record(fd)
+                if holder or time.monotonic() > deadline:
+                    os.close(fd)
+                    raise LockError(self.busy_message(holder)) from None
+                time.sleep(0.02)
+            except OSError as e:  # e.g. a file system without locks
+                os.close(fd)
+                raise LockError(f"cannot lock {self.path}: {e.strerror}") from None
         previous = _read_record(fd)
         if previous:  # written by a holder that never released: it died (the kernel freed its lock)
             self.stale = previous

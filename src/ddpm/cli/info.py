@@ -63,7 +63,7 @@ def describe(path: str | Path) -> tuple[list[str], dict]:
         lines.append(f"run:         {p} (checkpoints: {', '.join(steps) or 'none'})")
         lines += run.lines
         if run.usable is None:
-            lines.append("resumable:   no (no checkpoint verifies)")
+            lines.append(f"resumable:   no ({'no checkpoint verifies' if run.checkpoints else 'no checkpoint yet'})")
             try:
                 cfg = Config.from_json((p / "config.json").read_text())
             except (OSError, ValueError, TypeError):

@@ -87,9 +87,9 @@ class Progress:
                 self._last_line = now
                 self.line(step)
 
-    def line(self, step: int, prefix: str = "") -> None:
+    def line(self, step: int) -> None:
         loss = f"loss {self.loss:.4f}  " if self.loss is not None else ""
-        print(f"ddpm train: {prefix}step {step}/{self.total} ({100 * step / max(self.total, 1):.1f}%)  {loss}"
+        print(f"ddpm train: step {step}/{self.total} ({100 * step / max(self.total, 1):.1f}%)  {loss}"
               f"{self.rate(step):.1f} img/s  elapsed {format_duration(self.elapsed())}  "
               f"ETA {format_duration(self.eta(step))}", file=self.stream, flush=True)
 
@@ -114,10 +114,11 @@ class StopSignals:
 
     SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
-    def __init__(self, enabled: bool = True, stream=None):
+    def __init__(self, enabled: bool = True, stream=None, announce: bool = True):
         self.enabled = enabled and threading.current_thread() is threading.main_thread()
         self.signum: int | None = None
         self.stream = stream or sys.stderr
+        self.announce = announce  # under DDP every rank gets the signal; rank 0 says so
         self._previous: dict = {}
 
     def _handle(self, signum, frame) -> None:
@@ -125,8 +126,9 @@ class StopSignals:
         # the next one of this kind acts as usual (SIGINT: KeyboardInterrupt, SIGTERM: exit)
         signal.signal(signum, self._previous.get(signum) or signal.SIG_DFL)
         name = signal.Signals(signum).name
-        print(f"ddpm train: {name} received: saving a checkpoint after this step, then stopping "
-              f"(send {name} again to stop at once)", file=self.stream, flush=True)
+        if self.announce:
+            print(f"ddpm train: {name} received: saving a checkpoint after this step, then stopping "
+                  f"(send {name} again to stop at once)", file=self.stream, flush=True)
 
     def __enter__(self) -> "StopSignals":
         if self.enabled:

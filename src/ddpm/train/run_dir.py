@@ -77,6 +77,9 @@ def _claim(d: Path, lock: DirLock, resume: bool) -> tuple[str, str] | None:
     time, so two processes starting one run cannot both find it empty."""
     if resume:
         if not (d / "config.json").is_file():
+            holder = lock.holder()  # a new run still setting up writes config.json last
+            if holder is not None:
+                return "lock", lock.busy_message(holder)
             return "checkpoint", f"cannot resume: {d} is not a run directory (no config.json)"
         try:
             lock.acquire()

@@ -308,7 +308,7 @@ class Trainer(BatchDrawing):
                             is_main=self.is_main, elapsed_before=self.elapsed_before)
         self._progress = progress
         try:
-            with StopSignals(self.handle_signals) as signals, progress:
+            with StopSignals(self.handle_signals, announce=self.is_main) as signals, progress:
                 while self.step < target:
                     self.train_step()
                     s = self.step
@@ -324,8 +324,6 @@ class Trainer(BatchDrawing):
                         self.save()
                     if stop:
                         self.stopped_by = stop
-                        if progress.mode == "lines" or not progress.mode and self.is_main:
-                            progress.line(s, prefix="stopped at ")
                         break
         finally:
             self.elapsed_before = progress.elapsed()
