@@ -112,6 +112,7 @@ def test_tensorboard_switch(tmp_path, capsys, monkeypatch):
     assert main([*args, "--tensorboard"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and 'pip install -e ".[tensorboard]"' in err[0]
+    assert not (tmp_path / "r").exists()  # refused before the run directory is made
     assert main([*args[:4], str(tmp_path / "r2"), *args[5:]]) == 0  # default: on only when installed
     assert not (tmp_path / "r2" / "tensorboard").exists()
 

@@ -202,6 +202,7 @@ def test_fp16_is_refused_off_cuda_with_one_line(tmp_path, capsys):
                  "--device", "cpu", "--no-progress"])
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and "fp16" in err[0] and "needs a CUDA GPU" in err[0]
+    assert not (tmp_path / "r").exists()  # refused before the run directory is made
 
 
 def _fp16_on_cpu(t):

@@ -47,14 +47,23 @@ class MetricsLog:
         self.path = Path(run_dir) / "metrics.jsonl"
         self.edges: list[int] | None = None  # timestep buckets of ``loss_by_t`` (see bucket_edges)
         self._tb = None
-        if tensorboard or tensorboard is None:
-            if tensorboard_available():
-                from torch.utils.tensorboard import SummaryWriter
+        if self.check(tensorboard):
+            from torch.utils.tensorboard import SummaryWriter
 
-                self._tb = SummaryWriter(str(Path(run_dir) / "tensorboard"))
-            elif tensorboard:
-                raise ConfigError(f"--tensorboard needs the tensorboard package: {TENSORBOARD_HINT} "
-                                  "(or drop --tensorboard)")
+            self._tb = SummaryWriter(str(Path(run_dir) / "tensorboard"))
+
+    @staticmethod
+    def check(tensorboard: bool | None) -> bool:
+        """Whether TensorBoard will be written; a one-line error when it is required but not installed
+        (called before a run directory is touched)."""
+        if tensorboard is False:
+            return False
+        if tensorboard_available():
+            return True
+        if tensorboard:
+            raise ConfigError(f"--tensorboard needs the tensorboard package: {TENSORBOARD_HINT} "
+                              "(or drop --tensorboard)")
+        return False
 
     @property
     def tensorboard(self) -> bool:

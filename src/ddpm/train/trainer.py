@@ -26,7 +26,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
-import os
 import random
 import sys
 import time
@@ -39,7 +38,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from ddpm import accel
 from ddpm.config import Config
-from ddpm.errors import CheckpointError, ConfigError, DataError, UserError
+from ddpm.errors import CheckpointError, ConfigError, UserError
 from ddpm.lock import DirLock
 from ddpm.train.timesteps import create_timestep_sampler
 from ddpm import checkpoint as ckpt
@@ -80,6 +79,7 @@ class Trainer(BatchDrawing):
         self.dist, self.device = distributed.setup(device)
         if resume and init_from is not None:
             raise ConfigError("--resume and --init-from exclude each other")
+        MetricsLog.check(tensorboard)  # before anything is written
         self.lock = DirLock(self.run_dir, "run directory")
         try:
             self._setup(config, resume, init_from, dataset, progress, tensorboard, handle_signals)
@@ -88,18 +88,14 @@ class Trainer(BatchDrawing):
             raise
 
     def _setup(self, config, resume, init_from, dataset, progress, tensorboard, handle_signals) -> None:
+        if config is not None:  # a mistake in the given settings leaves no run directory behind
+            self._check_config(config)
         config = take_run_dir(self.run_dir, self.lock, config, resume, self.dist)  # locks the run directory
-        self.config = validate_config(config)
+        self.config = self._check_config(config)
         if self.config.train.precision == "auto":  # saved resolved, so a resume elsewhere keeps it
             train = dataclasses.replace(self.config.train, precision=accel.default_precision(self.device))
             self.config = dataclasses.replace(self.config, train=train)
         tc = self.config.train
-        if tc.precision == "fp16" and self.device.type != "cuda":
-            raise ConfigError(f"train.precision=fp16 (float16 autocast with a loss scaler) needs a CUDA GPU; on "
-                              f"{self.device.type} use fp32 (or bf16)")
-        if tc.batch_size % (self.dist.world_size * tc.grad_accum):
-            raise ConfigError(f"train.batch_size={tc.batch_size} is not divisible by the {self.dist.world_size} "
-                              f"ranks x train.grad_accum={tc.grad_accum} micro-batches")
         self.progress = progress
         self.handle_signals = handle_signals
         self.stopped_by: int | None = None
@@ -160,6 +156,18 @@ class Trainer(BatchDrawing):
         distributed.barrier()
 
     # ------------------------------------------------------------------ setup helpers
+    def _check_config(self, config: Config) -> Config:
+        """The config validated, and fitting this device and number of ranks."""
+        config = validate_config(config)
+        tc = config.train
+        if tc.precision == "fp16" and self.device.type != "cuda":
+            raise ConfigError(f"train.precision=fp16 (float16 autocast with a loss scaler) needs a CUDA GPU; on "
+                              f"{self.device.type} use fp32 (or bf16)")
+        if tc.batch_size % (self.dist.world_size * tc.grad_accum):
+            raise ConfigError(f"train.batch_size={tc.batch_size} is not divisible by the {self.dist.world_size} "
+                              f"ranks x train.grad_accum={tc.grad_accum} micro-batches")
+        return config
+
     def _init_weights(self, source) -> None:
         """Start from another checkpoint's weights: raw weights for training, its EMA for the EMA."""
         target = ckpt.resolve_checkpoint(source)
