@@ -15,6 +15,7 @@ ends. Where ``fcntl`` does not exist (Windows) the lock is a no-op.
 
 from __future__ import annotations
 
+import atexit
 import json
 import os
 import socket
@@ -189,6 +190,18 @@ class DirLock:
             self.release()
         except Exception:
             pass
+
+
+@atexit.register
+def _release_all() -> None:
+    """At a normal exit, mark every lock this process still holds as released (the kernel frees the
+    locks themselves), so the next writer does not report a crash that did not happen."""
+    for fd, _ in list(_HELD.values()):
+        try:
+            os.ftruncate(fd, 0)
+        except OSError:
+            pass
+    _HELD.clear()
 
 
 def is_lock_file(path: Path) -> bool:
