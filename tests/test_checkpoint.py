@@ -128,8 +128,8 @@ def test_train_state_is_json_and_safetensors(tmp_path):
     tr.train(steps=1)
     d = ckpt.latest_checkpoint(tmp_path / "run")
     assert sorted(p.name for p in d.iterdir()) == sorted(
-        ["config.json", "ema.safetensors", "manifest.json", "model.safetensors", "train_state.json",
-         "train_state.safetensors"])
+        ["config.json", "ema.safetensors", "manifest.json", "model.safetensors", "progress.json",
+         "train_state.json", "train_state.safetensors"])
     tensors, js = ckpt.load_train_state(d)
     assert js["step"] == 1 and js["ema_initialized"] is True
     assert js["data_position"] == {"epoch": 0, "index": 4}
