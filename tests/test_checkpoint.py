@@ -177,3 +177,20 @@ def test_shipped_digits_checkpoint():
     with torch.no_grad():
         out = loaded.model(torch.zeros(2, 1, 28, 28), torch.tensor([0, 999]), torch.tensor([3, 10]))
     assert out.shape == (2, 1, 28, 28) and torch.isfinite(out).all()
+
+
+def test_checkpoint_files_get_the_umask_mode_not_owner_only(tmp_path):
+    """safetensors writes 0600; a checkpoint's files are shared like any other file of the run."""
+    import os
+
+    from ddpm.checkpoint import save_checkpoint
+    from ddpm.models.registry import build_model
+    from ddpm.presets import get_preset
+
+    cfg = get_preset("digits-tiny")
+    old = os.umask(0o022)
+    try:
+        d = save_checkpoint(tmp_path / "c", config=cfg, step=1, ema_state=build_model(cfg.model).state_dict())
+    finally:
+        os.umask(old)
+    assert oct((d / "ema.safetensors").stat().st_mode & 0o777) == oct(0o644)

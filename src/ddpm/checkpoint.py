@@ -167,12 +167,21 @@ def _newest_name(root: Path) -> str:
     return f"newest: {names[-1]}" if names else "none yet"
 
 
+def _default_mode(path: Path) -> None:
+    """safetensors creates its files owner-only (0600); give them the mode any other file gets under the
+    process's umask, so a checkpoint or an exported model can be shared like the rest of a run."""
+    mask = os.umask(0)
+    os.umask(mask)
+    os.chmod(path, 0o666 & ~mask)
+
+
 def _write_files(tmp: Path, *, config, step, model_state, ema_state, train_tensors, train_json, dtype,
                  extra_json) -> None:
     kill_at = os.environ.get(_KILL_ENV)
     files: list[str] = []
 
     def done(name: str) -> None:
+        _default_mode(tmp / name)
         _fsync_file(tmp / name)
         files.append(name)
         if kill_at is not None and int(kill_at) == step:
