@@ -248,9 +248,9 @@ def _subcommands(parser, prefix=()):
         yield from _subcommands(sub, prefix + (name,))
 
 
-# Commands that run a network or a data pipeline share the runtime conventions; info and the
+# Commands that run a network or a data pipeline share the runtime conventions; info, plot and the
 # weight converters do neither.
-NO_RUNTIME = {("info",), ("convert", "tf"), ("convert", "diffusers"), ("convert", "to-diffusers")}
+NO_RUNTIME = {("info",), ("plot",), ("convert", "tf"), ("convert", "diffusers"), ("convert", "to-diffusers")}
 
 
 # Commands that write files named by a flag refuse to replace them without --overwrite; the others

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from ddpm.config import Config
 from ddpm.errors import CheckpointError, ConfigError
 
 
@@ -53,10 +54,24 @@ def describe(path: str | Path) -> tuple[list[str], dict]:
         cfg = loaded.config
         lines += [f"path:        {p} (diffusers folder)", f"parameters:  {n:,}"]
         return lines + _config_lines(cfg, imported=f"diffusers folder {path}"), _imported_dict(cfg)
-    target = ckpt.resolve_checkpoint(p)
-    if (p / "checkpoints").is_dir():
+    run = None
+    if (p / "checkpoints").is_dir() or (p / "metrics.jsonl").is_file():
+        from ddpm.train.summary import run_summary
+
+        run = run_summary(p)  # progress and, per checkpoint, whether it verifies
         steps = [d.name for d in ckpt.list_checkpoints(p)]
         lines.append(f"run:         {p} (checkpoints: {', '.join(steps) or 'none'})")
+        lines += run.lines
+        if run.usable is None:
+            lines.append(f"resumable:   no ({'no checkpoint verifies' if run.checkpoints else 'no checkpoint yet'})")
+            try:
+                cfg = Config.from_json((p / "config.json").read_text())
+            except (OSError, ValueError, TypeError):
+                return lines, {}
+            return lines + _config_lines(cfg), cfg.to_dict()
+        target = run.usable
+    else:
+        target = ckpt.resolve_checkpoint(p)
     files = [target] if target.is_file() else sorted(f for f in target.iterdir() if f.is_file())
     if target.is_dir() and (target / ckpt.MANIFEST).is_file():
         ckpt.verify_checkpoint(target)
@@ -76,8 +91,12 @@ def describe(path: str | Path) -> tuple[list[str], dict]:
         kinds.append(f"{f.name} ({'/'.join(sorted(dtypes))})")
     has_ema = any(f.name == "ema.safetensors" for f in weights)
     lines.append(f"weights:     {', '.join(kinds)}; EMA {'present' if has_ema else 'absent'}")
-    resumable = target.is_dir() and (target / "train_state.json").is_file()
-    lines.append(f"resumable:   {'yes' if resumable else 'no (weights only)'}")
+    if run is not None:
+        resumable = run.resumable is not None
+        lines.append(f"resumable:   {'yes, from ' + run.resumable.name if resumable else 'no (weights only)'}")
+    else:
+        resumable = target.is_dir() and (target / "train_state.json").is_file()
+        lines.append(f"resumable:   {'yes' if resumable else 'no (weights only)'}")
     lines.append("files:       " + ", ".join(f"{f.name} {f.stat().st_size:,} B" for f in files))
     if cfg.imported_from and not resumable:  # converted weights: no recipe or data of their own
         return lines + _config_lines(cfg, imported=cfg.imported_from), _imported_dict(cfg)

@@ -179,8 +179,28 @@ def evaluate_bpd(
         raise UserError(f"batch size must be >= 1, got {batch_size}")
     if device is None:
         device = next(model.parameters()).device
-    T = diffusion.num_timesteps
     cdir = Path(chunk_dir) if chunk_dir is not None else None
+    lock = None
+    if cdir is not None and rank == 0:
+        # one process per chunk directory: a second one would compute the same chunks and race on meta.json
+        from ddpm.lock import DirLock
+
+        try:
+            cdir.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise UserError(f"cannot create {cdir}: {e.strerror}; choose another --out") from None
+        lock = DirLock(cdir, "chunk directory").acquire()
+    try:
+        return _evaluate_chunks(model, diffusion, images, batch_size, seed, clip_denoised, labels, cdir, meta,
+                                device, rank, world_size, progress)
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _evaluate_chunks(model, diffusion, images, batch_size, seed, clip_denoised, labels, cdir, meta, device,
+                     rank, world_size, progress):
+    n, T = images.shape[0], diffusion.num_timesteps
     if cdir is not None and rank == 0:
         _check_meta(cdir, {**(meta or {}), "num_images": n, "batch_size": batch_size, "seed": seed,
                            "clip_denoised": clip_denoised, "num_timesteps": T})

@@ -352,6 +352,9 @@ def save_diffusers_folder(model: UNet, diffusion: DiffusionConfig, path: str | P
     (root / "unet" / "config.json").write_text(json.dumps(config, indent=2))
     tensors = {k: v.contiguous() for k, v in to_diffusers_state_dict(model).items()}
     save_file(tensors, str(root / "unet" / "diffusion_pytorch_model.safetensors"))
+    from ddpm.checkpoint import _default_mode
+
+    _default_mode(root / "unet" / "diffusion_pytorch_model.safetensors")
     (root / "scheduler" / "scheduler_config.json").write_text(json.dumps(sched, indent=2))
     index = {"_class_name": "DDPMPipeline", "_diffusers_version": _diffusers_version(),
              "scheduler": ["diffusers", "DDPMScheduler"], "unet": ["diffusers", "UNet2DModel"]}
