@@ -215,7 +215,8 @@ def test_provenance_round_trip_and_overwrite_policy(tmp_path, capsys):
 
     png = read_provenance(grid)
     assert png == read_provenance(npz) == json.loads((tmp_path / "g.png.json").read_text())
-    assert png["checkpoint"]["source"] == DIGITS and png["checkpoint"]["step"] == 3200
+    shipped_step = json.loads((Path(DIGITS) / "manifest.json").read_text())["step"]
+    assert png["checkpoint"]["source"] == DIGITS and png["checkpoint"]["step"] == shipped_step
     assert png["checkpoint"]["weights"] == "ema" and png["checkpoint"]["hub_id"] is None
     assert png["sampler"]["sampler"] == "ddim" and png["sampler"]["options"] == {"eta": 0.5}
     assert png["sampler"]["guidance"] == 1.5 and png["sampler"]["steps"] == 2

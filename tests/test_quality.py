@@ -136,15 +136,16 @@ def exit_code(argv) -> int:
 
 def test_eval_quality_on_the_shipped_checkpoint(tmp_path, capsys):
     out = tmp_path / "q.json"
-    assert main(["eval", "quality", "--ckpt", ASSET, "-n", "20", "--sampler", "ddim", "--steps", "3",
+    assert main(["eval", "quality", "--ckpt", ASSET, "-n", "20", "--sampler", "ddim", "--steps", "2",
                  "--json", str(out), "--no-progress"]) == 0
     row = json.loads(out.read_text())
     for key in ("fd", "fd_std", "kid", "kid_std", "precision", "recall", "accuracy", "confusion", "n", "nfe",
                 "seconds", "seconds_per_image", "floor"):
         assert key in row, key
-    assert row["n"] == 20 and row["nfe"] == 3 and row["sampler"] == "ddim"
+    assert row["n"] == 20 and row["nfe"] == 2 and row["sampler"] == "ddim"
     assert np.array(row["confusion"]).sum() == 20
-    assert row["fd"] > row["floor"]["fd"][0]  # three DDIM steps are far from real digits
+    # two deterministic steps from pure noise leave blurred class means, far from real digits
+    assert row["fd"] > 5 * row["floor"]["fd"][0]
     printed = capsys.readouterr().out
     assert "FD" in printed and "floor" in printed
 
