@@ -11,6 +11,7 @@ import json
 from pathlib import Path
 
 from ddpm.cli import common
+from ddpm.errors import ConfigError
 
 
 def _classes(text: str):
@@ -64,6 +65,7 @@ def add_parsers(sub) -> None:
                        description=__doc__)
     _shared(q, n_default=500)
     common.add_sampler_args(q, classes=False)
+    common.add_classifier_args(q)
     q.add_argument("--json", help="write the scores (and the real-vs-real floor) to this JSON file")
     q.set_defaults(func=run_quality)
 
@@ -75,9 +77,25 @@ def add_parsers(sub) -> None:
     q.add_argument("--steps", type=_ints, required=True, help="comma list of step counts, e.g. 10,20,50,1000")
     q.add_argument("--spacing", help="timestep spacing for every setting (default: each sampler's own)")
     q.add_argument("--guidance", type=_floats, default=[0.0], help="comma list of guidance weights w (default 0)")
+    common.add_classifier_args(q, scale_type=_floats)
     q.add_argument("--json", required=True, help="the sweep's table; rows already in it are kept, not re-run")
     q.add_argument("--plot", help="write FD vs NFE and vs seconds to this PNG")
     q.set_defaults(func=run_sweep)
+
+    q = sub.add_parser("classifier", help="a noisy classifier's held-out accuracy at each noise level",
+                       description="Accuracy of a noise-aware classifier (ddpm train --preset digits-classifier) on "
+                                   "its data set's held-out split noised to t in each range (Dhariwal & Nichol "
+                                   "2021, §4).")
+    q.add_argument("--ckpt", required=True, help="the classifier: run dir, checkpoint dir or weights file")
+    q.add_argument("--ranges", default="0-0,0-99,100-299,300-599,600-999",
+                   help="comma list of code-timestep ranges (default 0-0,0-99,100-299,300-599,600-999)")
+    q.add_argument("--split", default="test", choices=("train", "test"), help="default: test (held out)")
+    q.add_argument("--draws", type=common.positive_int, default=1, help="(t, eps) draws per image (default 1)")
+    q.add_argument("--seed", type=common.non_negative_int, default=0, help="seed of the t and eps draws")
+    q.add_argument("--batch-size", type=common.positive_int, default=250, help="default 250")
+    q.add_argument("--json", help="write the rows to this JSON file")
+    common.add_runtime_args(q)
+    q.set_defaults(func=run_classifier)
 
 
 def _load(args):
@@ -97,8 +115,11 @@ def run_quality(args: argparse.Namespace) -> int:
         common.check_output(args.json)
     ck, device = _load(args)
     sampler = common.sampler_config_from_args(args, ck.config.sampling)
+    classifier, scale, condition_model = common.classifier_from_args(args, ck.diffusion, device)
     row = measure(ck, sampler, n=args.num, classes=args.classes, seed=args.seed, batch_size=args.batch_size,
-                  device=device, progress=common.show_progress(args), fast=common.fast_path_from_args(args, device))
+                  device=device, progress=common.show_progress(args), fast=common.fast_path_from_args(args, device),
+                  classifier=classifier, classifier_scale=scale, condition_model=condition_model,
+                  classifier_path=args.classifier)
     print(format_row(row))
     if "floor" in row:
         print(format_floor(row["floor"], args.num))
@@ -118,19 +139,60 @@ def run_sweep(args: argparse.Namespace) -> int:
     if args.plot:
         common.check_output(args.plot)
     ck, device = _load(args)
+    scales = args.classifier_scale
+    args.classifier_scale = None  # a list here: checked and used below, not by classifier_from_args
+    classifier, _, condition_model = common.classifier_from_args(args, ck.diffusion, device)
+    if scales is not None and classifier is None:
+        raise ConfigError("--classifier-scale needs --classifier CKPT")
+    if scales is not None and min(scales) < 0:
+        raise ConfigError(f"--classifier-scale values must be ≥ 0, got {scales}")
     configs = sampler_configs(ck.config.sampling, parse_samplers(args.samplers), args.steps, args.guidance,
                               args.spacing)
-    cond = ck.config.model.num_classes is not None and args.classes != "null"
+    cond = ck.config.model.num_classes is not None and args.classes != "null" and condition_model
     for cfg in configs:  # every setting checked before the first image is drawn
         resolve_sampler(cfg, ck.diffusion.num_timesteps, num_classes=ck.config.model.num_classes, labels=cond)
-    print(f"{len(configs)} settings × {args.num} images on {device}; table: {args.json}")
+    n_settings = len(configs) * (len(scales or [1.0]) if classifier is not None else 1)
+    print(f"{n_settings} settings × {args.num} images on {device}; table: {args.json}")
     rows = run_sweep(ck, configs, n=args.num, json_path=args.json, classes=args.classes, seed=args.seed,
                      batch_size=args.batch_size, device=device, progress=common.show_progress(args),
-                     fast=common.fast_path_from_args(args, device))
+                     fast=common.fast_path_from_args(args, device), classifier=classifier,
+                     classifier_scales=scales or [1.0], condition_model=condition_model,
+                     classifier_path=args.classifier)
     floor = real_floor(args.num) if args.num <= 2500 else None
     if floor:
         print(format_floor(floor, args.num))
     if args.plot:
         plot_sweep(rows, args.plot, floor=floor, title=f"{ck.path} — n = {args.num} per point")
         print(f"wrote {args.plot}")
+    return 0
+
+
+def run_classifier(args: argparse.Namespace) -> int:
+    import dataclasses
+
+    import torch
+
+    from ddpm.checkpoint import load_checkpoint
+    from ddpm.data import load_dataset
+    from ddpm.evaluate.noisy_classifier import accuracy_by_noise, format_rows, parse_ranges
+
+    if args.json:
+        common.check_output(args.json)
+    device = common.setup_runtime(args)
+    ck = load_checkpoint(args.ckpt, device=device)
+    if getattr(ck.config.model, "arch", None) != "classifier":
+        raise ConfigError(f"{args.ckpt} is not a noisy classifier (model.arch {ck.config.model.arch!r})")
+    ranges = parse_ranges(args.ranges, ck.diffusion.num_timesteps)
+    data = load_dataset(dataclasses.replace(ck.config.data, split=args.split))
+    images = torch.stack([data[i][0] for i in range(len(data))]).float() / 127.5 - 1.0
+    labels = torch.as_tensor([int(data[i][1]) for i in range(len(data))])
+    rows = accuracy_by_noise(ck.model, ck.diffusion, images, labels, ranges, draws=args.draws, seed=args.seed,
+                             batch_size=args.batch_size, device=device, progress=common.show_progress(args))
+    print(f"{args.ckpt} on {len(images)} {args.split} images of {ck.config.data.source}:")
+    print(format_rows(rows))
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps({"checkpoint": str(ck.path), "step": ck.step, "split": args.split,
+                                               "rows": rows}, indent=1) + "\n")
+        print(f"wrote {args.json}")
     return 0

@@ -32,6 +32,7 @@ def add_parser(subparsers) -> None:
     p.add_argument("--out-dir", metavar="DIR", help="write each image as DIR/000000.png, ...")
     p.add_argument("--npz", metavar="NPZ", help="write uint8 NHWC images as arr_0 of an .npz (FID tools)")
     common.add_sampler_args(p)
+    common.add_classifier_args(p)
     common.add_runtime_args(p)
     common.add_speed_args(p)
     p.set_defaults(func=run)
@@ -54,12 +55,15 @@ def run(args) -> int:
     info, device = distributed.setup(device)
     loaded = load_checkpoint(args.ckpt, use_ema=not args.raw, device=device)
     num_classes = loaded.config.model.num_classes
-    labels = common.class_labels_from_args(args, num_classes, args.num)
+    classifier, scale, condition_model = common.classifier_from_args(args, loaded.diffusion, device)
+    label_classes = num_classes if classifier is None else classifier.config.num_classes
+    labels = common.class_labels_from_args(args, label_classes, args.num)
     sampler = common.sampler_config_from_args(args, loaded.config.sampling)
     x = generate(loaded.model, loaded.diffusion, args.num, batch_size=args.batch_size, sampler=sampler,
                  class_labels=labels, seed=args.seed, device=device,
                  progress=common.show_progress(args, info.is_main), rank=info.rank,
-                 world_size=info.world_size, fast=common.fast_path_from_args(args, device))
+                 world_size=info.world_size, fast=common.fast_path_from_args(args, device),
+                 classifier=classifier, classifier_scale=scale, condition_model=condition_model)
     x = distributed.gather_shards(x, info)
     distributed.barrier()
     distributed.cleanup()  # leave the process group cleanly before any rank exits

@@ -26,6 +26,8 @@ from ddpm.errors import ConfigError
 # arch name -> module defining ARCH; imported on first use.
 ARCHS: dict[str, str] = {
     "unet": "ddpm.models.unet",
+    "classifier": "ddpm.models.classifier",
+    "consistency": "ddpm.models.consistency",
 }
 DEFAULT_ARCH = "unet"
 

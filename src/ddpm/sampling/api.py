@@ -2,7 +2,7 @@
 
 Both dispatch through the sampler registry (:mod:`ddpm.sampling.registry`), check the sampler settings
 once (:func:`ddpm.sampling.registry.resolve_sampler`) and compose the network call with classifier-free
-guidance and the fast path, so every registered sampler gets both. ``generate`` is what ``ddpm sample``,
+guidance, classifier guidance and the fast path, so every registered sampler gets them. ``generate`` is what ``ddpm sample``,
 ``ddpm eval``, the figures and the trainer's sample grids use: it draws image i's x_T and step noise
 from its own generator (:class:`ddpm.sampling.noise.PerImageNoise`), so image i depends only on
 (seed, i) and the sampler settings, not on the batch size or the number of processes.
@@ -59,17 +59,38 @@ def _model_config(model):
     return None
 
 
-def _guided(net, resolved: ResolvedSampler, num_classes: int | None, channels: int):
+def _guided(net, resolved: ResolvedSampler, num_classes: int | None, channels: int, diffusion=None,
+            classifier=None, classifier_scale: float = 0.0, condition_model: bool = True):
     if resolved.guidance > 0:
-        return ClassifierFreeGuidance(net, resolved.guidance, null_label=num_classes, data_channels=channels)
+        if not condition_model:
+            raise ConfigError("classifier-free guidance conditions the model on the class; it cannot be combined "
+                              "with the null label for the model (drop --guidance or --model-null-label)")
+        net = ClassifierFreeGuidance(net, resolved.guidance, null_label=num_classes, data_channels=channels)
+    if classifier is not None:
+        from ddpm.sampling.classifier_guidance import ClassifierGuidance
+
+        net = ClassifierGuidance(net, classifier, classifier_scale, diffusion, data_channels=channels,
+                                 condition_model=condition_model, model_num_classes=num_classes)
     return net
+
+
+def _label_classes(num_classes: int | None, classifier, condition_model: bool) -> int | None:
+    """How many classes the requested labels index: the classifier's when it guides, else the model's."""
+    if classifier is None:
+        return num_classes
+    theirs = _model_config(classifier).num_classes
+    if condition_model and num_classes is not None and num_classes != theirs:
+        raise ConfigError(f"the classifier has {theirs} classes but the model {num_classes}; pass "
+                          "--model-null-label to guide the model's unconditional samples")
+    return theirs
 
 
 def sample(model, diffusion, x_T: torch.Tensor, sampler: str | SamplerConfig | ResolvedSampler = "ddpm", *,
            steps: int | None = None, spacing: str | None = None, guidance: float | None = None,
            clip_denoised: bool | None = None, generator: torch.Generator | None = None,
            noise: Callable | None = None, model_kwargs: dict | None = None, callback: Callable | None = None,
-           progress: bool = False, t_start: int | None = None, **options) -> torch.Tensor:
+           progress: bool = False, t_start: int | None = None, classifier=None, classifier_scale: float = 0.0,
+           condition_model: bool = True, **options) -> torch.Tensor:
     """Run a registered sampler from the given starting noise ``x_T``; returns x_0 (not clamped).
 
     ``sampler``: a registry name (``ddpm``, ``ddim``, …), a :class:`SamplerConfig` or an already
@@ -78,7 +99,8 @@ def sample(model, diffusion, x_T: torch.Tensor, sampler: str | SamplerConfig | R
     ``generator`` (else the global RNG). ``model_kwargs`` are passed to every network call (e.g.
     ``{"y": labels}``); guidance needs them. ``callback(info)`` is called after every step. With the
     same ``x_T`` and noise this computes exactly what another library's sampler does, so results
-    can be compared on the same starting point.
+    can be compared on the same starting point. ``classifier``/``classifier_scale``/``condition_model``:
+    classifier guidance towards ``model_kwargs["y"]``, as in :func:`generate`.
     """
     cfg = _model_config(model)
     num_classes = getattr(cfg, "num_classes", None)
@@ -90,7 +112,8 @@ def sample(model, diffusion, x_T: torch.Tensor, sampler: str | SamplerConfig | R
         labels = bool(model_kwargs) and model_kwargs.get("y") is not None
         resolved = resolve_sampler(config, diffusion.num_timesteps, num_classes=num_classes, labels=labels,
                                    t_start=t_start)
-    net = _guided(model, resolved, num_classes, x_T.shape[1])
+    net = _guided(model, resolved, num_classes, x_T.shape[1], diffusion, classifier, classifier_scale,
+                  condition_model)
     source = noise if noise is not None else GeneratorNoise(x_T, generator)
     with torch.no_grad():
         return resolved(net, diffusion, x_T, noise=source, model_kwargs=model_kwargs, callback=callback,
@@ -102,7 +125,8 @@ def generate(model, diffusion, num_images: int, *, batch_size: int = 64,
              spacing: str | None = None, class_labels=None, guidance: float | None = None,
              clip_denoised: bool | None = None, seed: int = 0, device=None, progress: bool = False,
              rank: int = 0, world_size: int = 1, image_shape: Sequence[int] | None = None, fast=None,
-             options: dict | None = None) -> torch.Tensor:
+             options: dict | None = None, classifier=None, classifier_scale: float = 0.0,
+             condition_model: bool = True) -> torch.Tensor:
     """Sample ``num_images`` images; returns float32 (n, C, H, W) in [−1, 1] on the CPU.
 
     - ``sampler``: a registry name or a :class:`SamplerConfig` (e.g. a checkpoint's
@@ -116,6 +140,11 @@ def generate(model, diffusion, num_images: int, *, batch_size: int = 64,
     - ``image_shape``: (C, H, W) for models without a ``config`` (otherwise read from it).
     - ``fast``: an optional :class:`ddpm.accel.FastPath` (channels_last, bf16 autocast, compile,
       CUDA graphs) applied to the network call; None runs the plain fp32 model.
+    - ``classifier``: a noise-aware classifier network (:func:`ddpm.sampling.classifier_guidance.load_classifier`)
+      guiding towards ``class_labels`` with scale ``classifier_scale`` (Dhariwal & Nichol 2021: the
+      ``ddpm`` sampler shifts the mean, Algorithm 1; the others use the shifted ε̂, Algorithm 2). The
+      model sees the labels too unless ``condition_model=False`` (then a conditional model gets its null
+      label; an unconditional model never sees labels).
 
     Image i depends only on (seed, i) and the sampler settings, not on batch_size or world_size.
     """
@@ -137,7 +166,9 @@ def generate(model, diffusion, num_images: int, *, batch_size: int = 64,
     config = sampler_config(sampler, steps=steps, spacing=spacing, guidance=guidance,
                             clip_denoised=clip_denoised, eta=eta, options=options)
     resolved = resolve_sampler(config, T, num_classes=num_classes, labels=class_labels is not None)
-    labels = _labels(class_labels, n, num_classes)
+    if classifier is not None and class_labels is None:
+        raise ConfigError("classifier guidance needs the classes to guide towards: pass --class C (or class_labels)")
+    labels = _labels(class_labels, n, _label_classes(num_classes, classifier, condition_model))
 
     if device is None:
         param = next(iter(model.parameters()), None) if isinstance(model, torch.nn.Module) else None
@@ -145,6 +176,8 @@ def generate(model, diffusion, num_images: int, *, batch_size: int = 64,
     device = torch.device(device)
     if isinstance(model, torch.nn.Module):
         model.to(device)
+    if classifier is not None:
+        classifier.to(device).eval()
 
     draws = resolved.noise_draws(T)
     net = model
@@ -152,7 +185,7 @@ def generate(model, diffusion, num_images: int, *, batch_size: int = 64,
         from ddpm.accel import wrap_for_sampling
 
         net = wrap_for_sampling(model, fast, device)
-    net = _guided(net, resolved, num_classes, image_shape[0])
+    net = _guided(net, resolved, num_classes, image_shape[0], diffusion, classifier, classifier_scale, condition_model)
 
     local = list(range(int(rank), n, world_size))
     out = []

@@ -18,7 +18,11 @@ The contract (in the spirit of k-diffusion's ``sample_x(model, x, sigmas, …)``
   (original code timestep just left, or None), ``x`` (the new state) and ``pred_xstart`` (x̂0);
 - ``t_start`` (samplers with ``supports_t_start``) starts the chain part-way, ``x`` being x_{t_start};
 - ``options`` are the sampler's own settings, declared as :class:`Option` s and validated before the
-  call (so samplers may trust them).
+  call (so samplers may trust them);
+- a ``model`` may offer ``mean_shift`` = (unguided model, cond_fn) — classifier guidance does
+  (:mod:`ddpm.sampling.classifier_guidance`). A sampler that forms a Gaussian mean μ may use it as
+  Dhariwal & Nichol's Algorithm 1 (μ + Σ·cond_fn(x_t, t, **model_kwargs), as ``ddpm`` does); every
+  other sampler simply calls ``model``, whose output is then the guided ε̂ (their Algorithm 2).
 
 Adding a sampler: write ``sampling/<name>.py`` defining ``fn`` and a :class:`SamplerSpec`, then add one
 line to :data:`SAMPLERS` below (see docs/extending.md).
@@ -36,6 +40,7 @@ from ddpm.errors import ConfigError
 SAMPLERS: dict[str, str] = {
     "ddpm": "ddpm.sampling.ancestral:ANCESTRAL",
     "ddim": "ddpm.sampling.ddim:DDIM",
+    "consistency": "ddpm.sampling.consistency:CONSISTENCY",
 }
 
 

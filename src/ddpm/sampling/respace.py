@@ -5,7 +5,7 @@ K-step diffusion whose ᾱ'_k equals ᾱ_{s_k}: its betas are β'_k = 1 − ᾱ_
 table (posterior variance, learned-range bounds, ...) is then rebuilt from β', while the network keeps
 seeing the *original* indices s_k, because that is what it was trained on.
 
-Three ways of choosing S for K sampling steps (:func:`timestep_subsequence`):
+Four ways of choosing S for K sampling steps (:func:`timestep_subsequence`):
 
 - ``uniform``: s_k = k·(T // K), k = 0..K−1 — the DDIM repo's "uniform" skip (``range(0, T, T//K)``,
   identical when K divides T) and diffusers' "leading" spacing; exactly K steps in every case.
@@ -13,6 +13,11 @@ Three ways of choosing S for K sampling steps (:func:`timestep_subsequence`):
   K can give fewer than K steps).
 - ``even``: improved DDPM's ``space_timesteps(T, "K")``: K steps evenly spread over [0, T−1], both
   ends included.
+- ``trailing``: s_k = round(k·T/K) − 1, k = 1..K — diffusers' "trailing" spacing (Lin et al. 2024,
+  "Common diffusion noise schedules and sample steps are flawed", Table 2): the chain starts at the
+  last step T−1, where x_T ~ N(0, I) is right, however few steps it has. For K a power of two the K/2
+  grid is every other point of the K grid (k·T/K is exact in binary), which progressive distillation
+  needs (:mod:`ddpm.train.progressive`).
 """
 
 from __future__ import annotations
@@ -25,7 +30,7 @@ import torch
 from ddpm.diffusion import GaussianDiffusion
 from ddpm.errors import ConfigError
 
-SPACINGS = ("uniform", "quadratic", "even")
+SPACINGS = ("uniform", "quadratic", "even", "trailing")
 
 
 def space_timesteps(num_timesteps: int, section_counts: str | Iterable[int]) -> list[int]:
@@ -88,6 +93,8 @@ def timestep_subsequence(num_timesteps: int, steps: int, spacing: str = "uniform
         return sorted({int(s) for s in seq})
     if spacing == "even":
         return space_timesteps(T, [K])
+    if spacing == "trailing":
+        return [round(k * T / K) - 1 for k in range(1, K + 1)]
     raise ConfigError(f"unknown spacing {spacing!r}; choose one of {', '.join(SPACINGS)}")
 
 

@@ -36,6 +36,10 @@ from ddpm.errors import ConfigError
 # name -> "module:Class"; imported on first use.
 OBJECTIVES: dict[str, str] = {
     "diffusion": "ddpm.train.objectives:DiffusionObjective",
+    "classifier": "ddpm.train.classifier:ClassifierObjective",
+    "progressive-distillation": "ddpm.train.progressive:ProgressiveDistillationObjective",
+    "consistency-distillation": "ddpm.train.consistency:ConsistencyDistillationObjective",
+    "consistency-training": "ddpm.train.consistency:ConsistencyTrainingObjective",
 }
 
 
