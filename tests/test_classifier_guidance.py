@@ -203,6 +203,8 @@ def test_generate_and_cli_on_an_unconditional_model(trained, tmp_path, capsys):
         load_classifier(cls_dir, other)
     with pytest.raises(ConfigError, match="not a noisy classifier"):
         load_classifier(model_dir, ck.diffusion)
+    with pytest.raises(ConfigError, match="does not draw images"):
+        generate(clf, ck.diffusion, 1)
     grid = tmp_path / "g.png"
     assert main(["sample", "--ckpt", str(model_dir), "-n", "2", "--steps", "3", "--classifier", str(cls_dir),
                  "--classifier-scale", "2", "--class", "3", "--grid", str(grid), "--threads", "1"]) == 0

@@ -150,6 +150,9 @@ def generate(model, diffusion, num_images: int, *, batch_size: int = 64,
     """
     T = diffusion.num_timesteps
     cfg = _model_config(model)
+    if getattr(cfg, "arch", None) == "classifier":
+        raise ConfigError("a noisy classifier does not draw images; pass it as --classifier (classifier=) to a "
+                          "diffusion model")
     if image_shape is None:
         if cfg is None:
             raise ConfigError("generate needs image_shape=(C, H, W) for a model without a .config")
