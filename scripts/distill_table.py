@@ -52,8 +52,9 @@ def table(folder: Path) -> str:
         for i, r in enumerate(rows):
             n = r["n"]
             acc = "" if r.get("accuracy") is None else f"{100 * r['accuracy']:.1f} ± {100 * r['accuracy_std']:.1f} %"
+            train = _fmt_time(times.get(proc)) if i == 0 else ""
             lines.append(f"| {label} | {r['describe']} | {r['nfe']} | {r['fd']:.2f} ± {r['fd_std']:.2f} | "
-                         f"{r['kid']:.4f} ± {r['kid_std']:.4f} | {acc} | {_fmt_time(times.get(proc)) if i == 0 else ''} |")
+                         f"{r['kid']:.4f} ± {r['kid_std']:.4f} | {acc} | {train} |")
     if floor:
         fd, kid, acc = floor["fd"], floor["kid"], floor["accuracy"]
         lines.append(f"| real vs real (floor), n = {floor.get('n', n)} | | | {fd[0]:.2f} ± {fd[1]:.2f} | "
@@ -76,8 +77,9 @@ def guidance_table(folder: Path) -> str:
         data = json.loads(path.read_text())
         out += ["| classifier scale s | sampler | FD | KID | requested-class accuracy |", "|---:|---|---:|---:|---:|"]
         for r in sorted(data["rows"], key=lambda r: (r["describe"], r["classifier_scale"])):
+            acc = f"{100 * r['accuracy']:.1f} ± {100 * r['accuracy_std']:.1f} %"
             out.append(f"| {r['classifier_scale']:g} | {r['describe']} | {r['fd']:.2f} ± {r['fd_std']:.2f} | "
-                       f"{r['kid']:.4f} ± {r['kid_std']:.4f} | {100 * r['accuracy']:.1f} ± {100 * r['accuracy_std']:.1f} % |")
+                       f"{r['kid']:.4f} ± {r['kid_std']:.4f} | {acc} |")
     return "\n".join(out)
 
 

@@ -152,7 +152,8 @@ def test_the_shift_is_the_same_guidance_in_every_parameterisation(mean_type):
         if mean_type == "xstart":
             return x0
         if mean_type == "v":
-            return DIFF.gather("sqrt_alphas_cumprod", t, x) * eps - DIFF.gather("sqrt_one_minus_alphas_cumprod", t, x) * x0
+            a, s = DIFF.gather("sqrt_alphas_cumprod", t, x), DIFF.gather("sqrt_one_minus_alphas_cumprod", t, x)
+            return a * eps - s * x0
         return DIFF.q_posterior_mean_variance(x0, x, t)[0]
 
     clf, x_T, y = LinearClassifier(), torch.randn(2, 1, 4, 4, dtype=torch.float64), torch.tensor([0, 3])
@@ -170,8 +171,10 @@ def test_labels_reach_the_model_only_when_asked_and_cfg_composes():
             seen.append(None if y is None else y.tolist())
             return gaussian_eps(x, t) * (1.0 if y is None else 1.0 + 0.05 * y.view(-1, 1, 1, 1))
 
-    clf, x, t, y = LinearClassifier(), torch.randn(2, 1, 4, 4, dtype=torch.float64), torch.full((2,), 5), torch.tensor([1, 2])
-    null = ClassifierGuidance(Conditional(), clf, 1.0, DIFF, data_channels=1, condition_model=False, model_num_classes=4)
+    clf, x = LinearClassifier(), torch.randn(2, 1, 4, 4, dtype=torch.float64)
+    t, y = torch.full((2,), 5), torch.tensor([1, 2])
+    null = ClassifierGuidance(Conditional(), clf, 1.0, DIFF, data_channels=1, condition_model=False,
+                              model_num_classes=4)
     null(x, t, y=y)
     assert seen == [None]
     from ddpm.sampling.guidance import ClassifierFreeGuidance

@@ -99,7 +99,8 @@ def test_a_round_learns_the_teachers_two_steps_on_a_fixed_batch(teacher):
         with torch.no_grad():
             i = obj.grid_steps(t)
             z = d.q_sample(x0, obj.grid[i, 0], noise=noise)
-            x_hat = d.p_mean_variance(student, z, obj.grid[i, 0], clip_denoised=False, model_kwargs=kwargs)["pred_xstart"]
+            x_hat = d.p_mean_variance(student, z, obj.grid[i, 0], clip_denoised=False,
+                                      model_kwargs=kwargs)["pred_xstart"]
             return float((x_hat - obj.target(z, i, kwargs)).abs().mean())
 
     before = error()

@@ -167,7 +167,8 @@ def run_sweep(ck, configs: list, *, n: int, json_path, classes="all", seed: int 
 
 def format_row(r: dict) -> str:
     acc = "" if r.get("accuracy") is None else f"  acc {100 * r['accuracy']:5.1f} ± {100 * r['accuracy_std']:.1f}%"
-    what = r["describe"] + (f", classifier s={r['classifier_scale']:g}" if r.get("classifier_scale") is not None else "")
+    scale = r.get("classifier_scale")
+    what = r["describe"] + (f", classifier s={scale:g}" if scale is not None else "")
     return (f"{what:<44} NFE {r['nfe']:>5}  FD {r['fd']:8.2f} ± {r['fd_std']:6.2f}  "
             f"KID {r['kid']:.4f} ± {r['kid_std']:.4f}  P {r['precision']:.3f} R {r['recall']:.3f}"
             f"{acc}  {r['seconds_per_image']:.3f} s/img")

@@ -2,10 +2,10 @@
 
 Both dispatch through the sampler registry (:mod:`ddpm.sampling.registry`), check the sampler settings
 once (:func:`ddpm.sampling.registry.resolve_sampler`) and compose the network call with classifier-free
-guidance, classifier guidance and the fast path, so every registered sampler gets them. ``generate`` is what ``ddpm sample``,
-``ddpm eval``, the figures and the trainer's sample grids use: it draws image i's x_T and step noise
-from its own generator (:class:`ddpm.sampling.noise.PerImageNoise`), so image i depends only on
-(seed, i) and the sampler settings, not on the batch size or the number of processes.
+guidance, classifier guidance and the fast path, so every registered sampler gets them. ``generate`` is
+what ``ddpm sample``, ``ddpm eval``, the figures and the trainer's sample grids use: it draws image i's
+x_T and step noise from its own generator (:class:`ddpm.sampling.noise.PerImageNoise`), so image i
+depends only on (seed, i) and the sampler settings, not on the batch size or the number of processes.
 """
 
 from __future__ import annotations
@@ -112,6 +112,8 @@ def sample(model, diffusion, x_T: torch.Tensor, sampler: str | SamplerConfig | R
         labels = bool(model_kwargs) and model_kwargs.get("y") is not None
         resolved = resolve_sampler(config, diffusion.num_timesteps, num_classes=num_classes, labels=labels,
                                    t_start=t_start)
+    if classifier is not None and not (model_kwargs and model_kwargs.get("y") is not None):
+        raise ConfigError("classifier guidance needs the classes to guide towards: model_kwargs={'y': labels}")
     net = _guided(model, resolved, num_classes, x_T.shape[1], diffusion, classifier, classifier_scale,
                   condition_model)
     source = noise if noise is not None else GeneratorNoise(x_T, generator)
