@@ -24,5 +24,5 @@ echo "== sampling $N digits (1000 ancestral steps, EMA weights)"
 class_args=()
 [ "$CLASS" != "none" ] && class_args=(--class "$CLASS")
 "$PY" -m ddpm sample --ckpt "$OUT/run" -n "$N" --batch-size "$N" --threads "$THREADS" "${class_args[@]}" \
-  --nrow 10 --grid "$OUT/digits.png" --progress
+  --nrow 10 --grid "$OUT/digits.png" --overwrite --progress
 echo "== done in $(( $(date +%s) - start )) s; the grid is $OUT/digits.png"

@@ -3,6 +3,8 @@
 #
 #   bash scripts/demo_conditional.sh [CKPT] [OUT.png]
 #
+# OUT defaults to outputs/digits_conditional.png (git-ignored); the image shown in the README,
+# docs/images/digits_conditional.png, is only replaced when you name it as OUT.
 # CKPT: a class-conditional checkpoint (run dir, checkpoint dir or weights file); default: the
 # bundled digits checkpoint. Settings via environment: PER_ROW (8), GUIDANCE (2.0, Ho & Salimans'
 # w: eps = (1+w) eps(x,c) - w eps(x,null)), SAMPLER (ddim), STEPS (50), SEED (0), SCALE (3: the
@@ -11,7 +13,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-.venv/bin/python}
 CKPT=${1:-src/ddpm/assets/digits}
-OUT=${2:-docs/images/digits_conditional.png}
+OUT=${2:-outputs/digits_conditional.png}
 start=$(date +%s.%N)
 "$PY" - "$CKPT" "$OUT" <<'PYEOF'
 import os
@@ -25,6 +27,7 @@ from ddpm.sampling.api import generate
 from ddpm.checkpoint import load_checkpoint
 
 ckpt_path, out = sys.argv[1], sys.argv[2]
+os.makedirs(os.path.dirname(out) or ".", exist_ok=True)
 per_row = int(os.environ.get("PER_ROW", 8))
 guidance = float(os.environ.get("GUIDANCE", 2.0))
 sampler = os.environ.get("SAMPLER", "ddim")

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The whole GPU check of the speed work in one call, from the repository root of a CUDA machine:
 #   1. tests/test_fast_path.py on CUDA (fast paths compute the same function; bf16 tolerance;
-#      fused Adam; CUDA-graph replay; no host sync in the sampling loop; the slow checks too)
+#      fused Adam; CUDA-graph replay; no host sync in the sampling loop; the slow checks too) and
+#      the CUDA-only training test of fp16 autocast with a loss scaler (tests/test_train_knobs.py)
 #   2. benchmarks/bench.py --device cuda: ddpm vs diffusers (defaults and with our tricks),
 #      bf16 and fp32, training and sampling, CUDA-graph sampling  -> cuda.json
 #   2a. the CLI on the GPU: `ddpm train` (train.precision auto -> bf16 on Ampere+) and `ddpm sample`
@@ -53,7 +54,8 @@ for stage in $STAGES; do
   case "$stage" in
     tests)
       DDPM_TEST_DEVICE="$DEVICE" "$PY" -m pytest -q -p no:cacheprovider -m "slow or not slow" -rs \
-        tests/test_fast_path.py 2>&1 | tee "$RESULTS/gpu_tests.log"
+        tests/test_fast_path.py tests/test_train_knobs.py::test_fp16_with_a_loss_scaler_on_cuda 2>&1 \
+        | tee "$RESULTS/gpu_tests.log"
       rc[$stage]=${PIPESTATUS[0]} ;;
     cli)
       d=$(mktemp -d); graph=""; [ "$DEVICE" = cuda ] && graph="--cuda-graph"

@@ -1,6 +1,7 @@
-"""Train the digits feature network and write it to src/ddpm/assets/digits_classifier.
+"""Train one of the two digits networks and write it to src/ddpm/assets/digits_classifier.
 
-    python scripts/train_digits_classifier.py [--epochs 30] [--out src/ddpm/assets/digits_classifier]
+    python scripts/train_digits_classifier.py --kind features      # clean digits: FD/KID/precision-recall
+    python scripts/train_digits_classifier.py --kind recognizer    # with pixel noise: class accuracy, IS
 
 Uses only the 4,500 `train` digits of the bundled set; reports the accuracy on the 500 `test` digits.
 """
@@ -13,6 +14,7 @@ import torch
 from ddpm.evaluate import digits_classifier as dc
 
 p = argparse.ArgumentParser(description=__doc__)
+p.add_argument("--kind", choices=sorted(dc.KINDS), required=True)
 p.add_argument("--epochs", type=int, default=30)
 p.add_argument("--seed", type=int, default=0)
 p.add_argument("--threads", type=int, default=1)
@@ -20,9 +22,9 @@ p.add_argument("--out", default=str(dc.asset_dir()))
 a = p.parse_args()
 torch.set_num_threads(a.threads)
 t0 = time.time()
-net, record = dc.train_classifier(epochs=a.epochs, seed=a.seed)
+net, record = dc.train_classifier(kind=a.kind, epochs=a.epochs, seed=a.seed)
 record["seconds"] = round(time.time() - t0, 1)
 record["torch"] = torch.__version__
 print(f"held-out accuracy {record['heldout_accuracy']:.4f} (train {record['train_accuracy']:.4f}), "
       f"{record['parameters']} parameters, {record['seconds']} s")
-print(dc.save(net, record, a.out))
+print(dc.save(net, record, a.out, kind=a.kind))

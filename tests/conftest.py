@@ -6,9 +6,16 @@ from pathlib import Path
 import pytest
 import torch
 
+# Caches the code writes (the digits reference features) go to a folder of this test session.
+os.environ.setdefault("DDPM_CACHE", os.path.join(__import__("tempfile").mkdtemp(prefix="ddpm-test-cache-")))
+
 # One thread: the suite runs on 2-core CI machines where oversubscription makes tests several
-# times slower; the tests measure correctness, never speed.
+# times slower; the tests measure correctness, never speed. numpy's BLAS too (the quality metrics'
+# matrix products were 10–20× slower with one spinning OpenBLAS thread per core on a busy machine).
 torch.set_num_threads(1)
+from threadpoolctl import threadpool_limits  # noqa: E402
+
+threadpool_limits(limits=1)
 
 
 def fixture_dir() -> Path | None:

@@ -128,8 +128,8 @@ def test_train_state_is_json_and_safetensors(tmp_path):
     tr.train(steps=1)
     d = ckpt.latest_checkpoint(tmp_path / "run")
     assert sorted(p.name for p in d.iterdir()) == sorted(
-        ["config.json", "ema.safetensors", "manifest.json", "model.safetensors", "train_state.json",
-         "train_state.safetensors"])
+        ["config.json", "ema.safetensors", "manifest.json", "model.safetensors", "progress.json",
+         "train_state.json", "train_state.safetensors"])
     tensors, js = ckpt.load_train_state(d)
     assert js["step"] == 1 and js["ema_initialized"] is True
     assert js["data_position"] == {"epoch": 0, "index": 4}
@@ -177,3 +177,20 @@ def test_shipped_digits_checkpoint():
     with torch.no_grad():
         out = loaded.model(torch.zeros(2, 1, 28, 28), torch.tensor([0, 999]), torch.tensor([3, 10]))
     assert out.shape == (2, 1, 28, 28) and torch.isfinite(out).all()
+
+
+def test_checkpoint_files_get_the_umask_mode_not_owner_only(tmp_path):
+    """safetensors writes 0600; a checkpoint's files are shared like any other file of the run."""
+    import os
+
+    from ddpm.checkpoint import save_checkpoint
+    from ddpm.models.registry import build_model
+    from ddpm.presets import get_preset
+
+    cfg = get_preset("digits-tiny")
+    old = os.umask(0o022)
+    try:
+        d = save_checkpoint(tmp_path / "c", config=cfg, step=1, ema_state=build_model(cfg.model).state_dict())
+    finally:
+        os.umask(old)
+    assert oct((d / "ema.safetensors").stat().st_mode & 0o777) == oct(0o644)

@@ -212,7 +212,8 @@ def test_generate_and_cli_on_an_unconditional_model(trained, tmp_path, capsys):
     assert main(["sample", "--ckpt", str(model_dir), "-n", "2", "--steps", "3", "--classifier", str(cls_dir),
                  "--classifier-scale", "2", "--class", "3", "--grid", str(grid), "--threads", "1"]) == 0
     assert grid.is_file()
-    rc = main(["sample", "--ckpt", str(model_dir), "-n", "2", "--classifier-scale", "2", "--grid", str(grid)])
+    rc = main(["sample", "--ckpt", str(model_dir), "-n", "2", "--classifier-scale", "2", "--grid",
+               str(tmp_path / "other.png")])
     err = capsys.readouterr().err
     assert rc == 2 and "need --classifier CKPT" in err and "Traceback" not in err
 

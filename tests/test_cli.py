@@ -62,7 +62,7 @@ def test_train_info_sample_end_to_end(run_dir, tmp_path, capsys):
     assert Image.open(grid).size == (3 * 30 + 2, 30 + 2)  # 28 px + 2 px padding
     arr = np.load(npz)["arr_0"]
     assert arr.shape == (3, 28, 28, 1) and arr.dtype == np.uint8
-    assert sorted(p.name for p in folder.iterdir()) == ["000000.png", "000001.png", "000002.png"]
+    assert sorted(p.name for p in folder.iterdir()) == ["000000.png", "000001.png", "000002.png", "provenance.json"]
     # same seed -> same images, raw weights differ from EMA
     rc, _, _ = call(["sample", "--ckpt", str(run_dir), "-n", "3", "--steps", "4", "--npz", str(tmp_path / "b.npz"),
                      "--no-progress"], capsys)
@@ -248,25 +248,47 @@ def _subcommands(parser, prefix=()):
         yield from _subcommands(sub, prefix + (name,))
 
 
-# Commands that run a network or a data pipeline share the runtime conventions; info and the
+# Commands that run a network or a data pipeline share the runtime conventions; info, plot and the
 # weight converters do neither.
-NO_RUNTIME = {("info",), ("convert", "tf"), ("convert", "diffusers"), ("convert", "to-diffusers")}
+NO_RUNTIME = {("info",), ("plot",), ("convert", "tf"), ("convert", "diffusers"), ("convert", "to-diffusers")}
+
+
+# Commands that write files named by a flag refuse to replace them without --overwrite; the others
+# write into a run or work folder they resume (train, eval nll/rate-distortion/sweep, repro) or print.
+OVERWRITE = {("sample",), ("figure", "progressive"), ("figure", "shared"), ("figure", "interpolate"),
+             ("eval", "fid"), ("eval", "is"), ("eval", "fid-stats"), ("eval", "quality"), ("eval", "classifier"),
+             ("convert", "tf"), ("convert", "diffusers"), ("convert", "to-diffusers")}
 
 
 def test_every_subcommand_follows_the_conventions():
-    from ddpm.cli import build_parser
+    """One set of conventions, checked on every leaf parser: help for every flag and no reST in any
+    help text; --threads (bounded) and --progress/--no-progress on every command that computes;
+    seeds of one type (0 <= seed < 2**63); --overwrite where a named file may be replaced; the
+    guidance flag explained as diffusers' guidance_scale - 1."""
+    from ddpm.cli import build_parser, common
 
     leaves = list(_subcommands(build_parser()))
     assert len(leaves) >= 14
+    markup = ("``", ":mod:", ":func:", ":class:", ":meth:")
     for argv, parser in leaves:
         flags = {s for a in parser._actions for s in a.option_strings}
         assert "--help" in flags
         if argv not in NO_RUNTIME:
             assert {"--device", "--threads", "--progress", "--no-progress"} <= flags, argv
-        assert "``" not in (parser.description or "") and ":mod:" not in (parser.description or ""), argv
+        assert ("--overwrite" in flags) == (argv in OVERWRITE), argv
+        text = parser.format_help()
+        assert not any(m in text for m in markup), (argv, [m for m in markup if m in text])
         for a in parser._actions:
             if a.option_strings and a.dest not in ("help", "version"):
                 assert a.help, (argv, a.option_strings)  # every flag explains itself
+            if "--seed" in a.option_strings:
+                assert a.type is common.seed, argv
+            if "--threads" in a.option_strings:
+                assert a.type is common.threads, argv
+            if "--guidance" in a.option_strings:
+                assert "guidance_scale - 1" in a.help and "Ho & Salimans" in a.help, argv
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["sample", "--ckpt", "x", "--threads", str(common.MAX_THREADS + 1)])
 
 
 def test_version_and_one_line_warnings(capsys):

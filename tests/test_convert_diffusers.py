@@ -69,10 +69,11 @@ def test_kwargs_round_trip_for_every_preset():
 
 
 @pytest.mark.parametrize("change, match", [
-    ({"flip_sin_to_cos": True}, "flip_sin_to_cos"),
-    ({"norm_eps": 1e-5}, "norm_eps"),
-    ({"downsample_padding": 1}, "downsample_padding"),
-    ({"attention_head_dim": 8}, "multi-head"),
+    ({"resnet_time_scale_shift": "scale_shift"}, "resnet_time_scale_shift"),
+    ({"downsample_padding": 2}, "downsample_padding"),
+    ({"attention_head_dim": 48}, "does not divide"),
+    ({"attention_head_dim": [8, 8, 8, 8]}, "one head size"),
+    ({"time_embedding_type": "fourier"}, "time_embedding_type"),
     ({"up_block_types": ["UpBlock2D"] * 4}, "only one side"),
     ({"down_block_types": ["CrossAttnDownBlock2D"] + HUB_CIFAR10["down_block_types"][1:]}, "not part"),
     ({"_class_name": "UNet2DConditionModel"}, "UNet2DModel"),
@@ -80,6 +81,24 @@ def test_kwargs_round_trip_for_every_preset():
 def test_unsupported_configs_are_config_errors(change, match):
     with pytest.raises(ConfigError, match=match):
         unet_config_from_diffusers({**HUB_CIFAR10, **change})
+
+
+def test_diffusers_conventions_become_unet_fields():
+    """flip_sin_to_cos, freq_shift, norm_eps, downsample_padding and attention_head_dim map to the
+    UNetConfig fields of the same names; a config that leaves them out means diffusers' defaults."""
+    cfg = unet_config_from_diffusers({**HUB_CIFAR10, "flip_sin_to_cos": True, "freq_shift": 0, "norm_eps": 1e-5,
+                                      "downsample_padding": 1, "attention_head_dim": 64})
+    assert (cfg.flip_sin_to_cos, cfg.freq_shift, cfg.norm_eps, cfg.downsample_padding, cfg.attention_head_dim) == (
+        True, 0, 1e-5, 1, 64)
+    assert unet_config_from_diffusers(diffusers_kwargs_for(cfg)) == cfg
+    minimal = {k: v for k, v in HUB_CIFAR10.items() if k not in (
+        "flip_sin_to_cos", "freq_shift", "norm_eps", "downsample_padding", "attention_head_dim")}
+    d = unet_config_from_diffusers(minimal)
+    assert (d.flip_sin_to_cos, d.freq_shift, d.norm_eps, d.downsample_padding, d.attention_head_dim) == (
+        True, 0, 1e-5, 1, 8)
+    paper = unet_config_from_diffusers(HUB_CIFAR10)
+    assert paper == get_network("cifar10", dropout=0.0)  # the defaults are the paper's: unchanged fields
+    assert "diffusers conventions" not in paper.describe() and "flip_sin_to_cos True" in cfg.describe()
 
 
 def test_scheduler_mapping():
@@ -194,6 +213,24 @@ def test_reduced_256_layout_matches_diffusers():
     assert _parity(REDUCED_256) <= 1e-5
 
 
+def test_diffusers_default_unet2dmodel_matches_diffusers():
+    """A UNet2DModel built with diffusers' own defaults for every option (cos-first embedding,
+    freq_shift 0, eps 1e-5, symmetric downsampling, 8-channel attention heads), at reduced width."""
+    pytest.importorskip("diffusers")
+    cfg = {"_class_name": "UNet2DModel", "sample_size": 16, "block_out_channels": [32, 64], "layers_per_block": 1,
+           "down_block_types": ["DownBlock2D", "AttnDownBlock2D"], "up_block_types": ["AttnUpBlock2D", "UpBlock2D"]}
+    assert _parity(cfg, class_labels=None) <= 1e-5
+    three = {**cfg, "block_out_channels": [32, 32, 64], "down_block_types": ["DownBlock2D", "AttnDownBlock2D",
+             "AttnDownBlock2D"], "up_block_types": ["AttnUpBlock2D", "AttnUpBlock2D", "UpBlock2D"], "num_class_embeds": 4}
+    assert _parity(three, class_labels=torch.tensor([0, 3])) <= 1e-5
+
+
+@pytest.mark.slow
+def test_full_size_diffusers_default_unet2dmodel_matches_diffusers():
+    """UNet2DModel() exactly as diffusers builds it by default (sample_size 32 given: it has none)."""
+    assert _parity({"_class_name": "UNet2DModel", "sample_size": 32}) <= 1e-5
+
+
 def test_class_conditional_matches_diffusers():
     cfg = {**REDUCED_256, "sample_size": 16, "block_out_channels": [32, 64], "layers_per_block": 1,
            "down_block_types": ["DownBlock2D", "AttnDownBlock2D"], "up_block_types": ["AttnUpBlock2D", "UpBlock2D"],
@@ -287,3 +324,82 @@ def test_hub_ids_load_from_the_hub_cache_offline(tmp_path, monkeypatch, capsys):
     assert main(["sample", "--ckpt", "acme/not-cached", "-n", "1", "--npz", "t.npz"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "not in the Hub cache" in err
+
+
+def test_push_to_hub_uploads_the_exported_folder(tmp_path, monkeypatch, capsys):
+    """--push-to-hub creates the repository and uploads OUT through huggingface_hub.HfApi (patched:
+    the test never reaches the network); a failing upload is one line and the local folder stays."""
+    hf = pytest.importorskip("huggingface_hub")
+    from ddpm.cli import main
+
+    calls = []
+
+    class FakeApi:
+        def create_repo(self, repo_id, **kw):
+            calls.append(("create", repo_id, kw["private"], kw["exist_ok"]))
+
+        def upload_folder(self, *, folder_path, repo_id, **kw):
+            from pathlib import Path
+
+            calls.append(("upload", repo_id, sorted(str(p.relative_to(folder_path))
+                                                    for p in Path(folder_path).rglob("*") if p.is_file())))
+
+    monkeypatch.setattr(hf, "HfApi", FakeApi)
+    out = tmp_path / "export"
+    assert main(["convert", "to-diffusers", "src/ddpm/assets/digits", str(out), "--push-to-hub", "acme/digits",
+                 "--private"]) == 0
+    assert "https://huggingface.co/acme/digits" in capsys.readouterr().out
+    assert calls == [("create", "acme/digits", True, True),
+                     ("upload", "acme/digits", ["model_index.json", "scheduler/scheduler_config.json",
+                                                "unet/config.json", "unet/diffusion_pytorch_model.safetensors"])]
+
+    class OfflineApi(FakeApi):
+        def create_repo(self, repo_id, **kw):
+            raise OSError("Network is unreachable")
+
+    monkeypatch.setattr(hf, "HfApi", OfflineApi)
+    assert main(["convert", "to-diffusers", "src/ddpm/assets/digits", str(tmp_path / "e2"), "--push-to-hub",
+                 "acme/digits"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "could not upload" in err and "Network is unreachable" in err
+    assert (tmp_path / "e2" / "model_index.json").is_file()  # written locally all the same
+
+
+def test_info_on_imported_weights_shows_no_recipe(tmp_path, capsys):
+    """`ddpm info` on a diffusers folder or a converted checkpoint prints no training recipe or dataset."""
+    from ddpm.cli import main
+
+    cfg = dataclasses.replace(get_network("tiny"), out_channels=3)
+    save_diffusers_folder(_random(UNet(cfg)), DiffusionConfig(), tmp_path / "hub")
+    for path in (tmp_path / "hub", tmp_path / "ckpt"):
+        if path.name == "ckpt":
+            assert main(["convert", "diffusers", str(tmp_path / "hub"), str(path)]) == 0
+            capsys.readouterr()
+        assert main(["info", str(path)]) == 0
+        out = capsys.readouterr().out
+        assert "imported:" in out and "no training recipe or dataset" in out
+        assert "training:" not in out and "data:" not in out and "cifar10" not in out
+        assert main(["info", "--json", str(path)]) == 0
+        d = json.loads(capsys.readouterr().out)
+        assert "train" not in d and "source" not in d["data"]
+
+
+def test_hf_hub_offline_environment_in_a_real_process(tmp_path):
+    """HF_HUB_OFFLINE=1 set in the environment (read by huggingface_hub at import): a populated cache
+    works, an empty one gives one line — in a fresh interpreter, as a user runs it."""
+    import os
+    import subprocess
+    import sys
+
+    pytest.importorskip("huggingface_hub")
+    cfg = dataclasses.replace(get_network("tiny"), out_channels=3)
+    cache = _hub_cache(tmp_path, _random(UNet(cfg)), DiffusionConfig(num_timesteps=4))
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HUB_CACHE": str(cache)}
+    argv = [sys.executable, "-m", "ddpm", "sample", "--steps", "2", "-n", "1", "--threads", "1", "--no-progress"]
+    ok = subprocess.run(argv + ["--ckpt", "acme/ddpm-tiny", "--npz", "a.npz"], cwd=tmp_path, env=env,
+                        capture_output=True, text=True, timeout=300)
+    assert ok.returncode == 0, ok.stderr
+    assert (tmp_path / "a.npz").is_file()
+    missing = subprocess.run(argv + ["--ckpt", "acme/other", "--npz", "b.npz"], cwd=tmp_path, env=env,
+                             capture_output=True, text=True, timeout=300)
+    assert missing.returncode == 2 and missing.stderr.count("\n") == 1 and "not in the Hub cache" in missing.stderr

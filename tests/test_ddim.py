@@ -205,3 +205,33 @@ def test_ddim_interpolate_endpoints_are_the_decoded_latents():
     out = ddim_interpolate(diffusion, toy_model, x_a, x_b, [0.0, 1.0])
     torch.testing.assert_close(out["z_a"], ddim_invert(diffusion, toy_model, x_a))
     torch.testing.assert_close(out["latents"][1], out["z_b"], atol=1e-6, rtol=0)
+
+
+def test_ddim_convention_against_diffusers_scheduler():
+    """docs/sampling.md: our DDIM re-derives ε from the clipped x̂0 (improved DDPM's ddim_sample), which
+    is diffusers' DDIMScheduler with use_clipped_model_output=True; diffusers' DDIMPipeline default
+    (False) keeps the raw ε and differs wherever clipping bites. Without clipping all three agree."""
+    diffusers = pytest.importorskip("diffusers")
+    from ddpm.sampling.api import sample
+
+    T, K = 1000, 10
+    diffusion = GaussianDiffusion(betas(T), "eps", "fixedsmall", "mse")
+    x_T = torch.randn(3, 1, 8, 8, generator=torch.Generator().manual_seed(0)) * 1.5
+
+    def theirs(clip: bool, clipped_eps: bool):
+        sched = diffusers.DDIMScheduler(num_train_timesteps=T, beta_schedule="linear", clip_sample=clip)
+        sched.set_timesteps(K)
+        x = x_T.clone()
+        for t in sched.timesteps:
+            eps = toy_model(x, torch.full((x.shape[0],), int(t)))
+            x = sched.step(eps, t, x, eta=0.0, use_clipped_model_output=clipped_eps).prev_sample
+        return x
+
+    def rel(a, b):  # float32 tables on their side, float64 on ours
+        return ((a - b).abs() / (1 + b.abs())).max().item()
+
+    ours = sample(toy_model, diffusion, x_T.clone(), "ddim", steps=K, eta=0.0)  # clip_denoised: yes
+    assert rel(ours, theirs(True, True)) < 1e-5
+    assert rel(ours, theirs(True, False)) > 1e-2  # the pipeline default is another sampler
+    unclipped = sample(toy_model, diffusion, x_T.clone(), "ddim", steps=K, eta=0.0, clip_denoised=False)
+    assert rel(unclipped, theirs(False, False)) < 1e-5

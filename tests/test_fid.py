@@ -112,6 +112,12 @@ def test_cli_fid_and_is_with_random_extractor(tmp_path, capsys, monkeypatch):
                  "--inception", "random", "--device", "cpu", "--splits", "2", "--num", "2", "--json", str(tmp_path / "o.json")]) == 0
     out = capsys.readouterr().out
     assert "FID" in out and "2 samples" in out and "fewer than the paper's 50,000" in out
+    fid_line = next(line for line in out.splitlines() if line.startswith("FID"))
+    assert "RANDOM Inception weights" in fid_line and "means nothing" in fid_line  # not a plain "FID x"
+    import json
+
+    record = json.loads((tmp_path / "o.json").read_text())
+    assert record["inception_weights"].startswith("random") and record["meaningful"] is False
     monkeypatch.setenv(inc.ENV_VAR, str(tmp_path / "missing.pth"))
     assert main(["eval", "is", "--samples", str(tmp_path / "a.npz"), "--device", "cpu"]) == 2
     err = capsys.readouterr().err.strip()

@@ -145,7 +145,7 @@ def test_models_without_config_need_a_shape(diffusion):
     (dict(seed=-1), "seed"),
     (dict(steps=0), "steps"),
     (dict(steps=T + 1), "steps"),
-    (dict(sampler="euler"), "sampler"),
+    (dict(sampler="euler-maruyama"), "sampler"),
     (dict(sampler="ddim", eta=1.5), "eta"),
     (dict(eta=0.5), "ddim"),
     (dict(spacing="log", steps=3), "spacing"),

@@ -53,3 +53,43 @@ def test_public_names_are_listed():
     for name in ("Pipeline", "load", "generate", "sample", "load_checkpoint", "UNet", "GaussianDiffusion"):
         assert name in names and name in ddpm.__all__
         assert getattr(ddpm, name) is not None
+
+
+def test_class_labels_all_guidance_and_clip_reach_generate():
+    pipe = ddpm.load("src/ddpm/assets/digits")
+    got = pipe(3, class_labels="all", guidance=1.0, steps=2, sampler="ddim", seed=4, clip_denoised=False,
+               output="tensor")
+    want = generate(pipe.model, pipe.diffusion, 3, class_labels=[0, 1, 2], guidance=1.0, steps=2, sampler="ddim",
+                    seed=4, clip_denoised=False)
+    assert torch.equal(got, want)
+    assert not torch.equal(got, pipe(3, class_labels="all", guidance=1.0, steps=2, sampler="ddim", seed=4,
+                                     output="tensor"))  # clipping x̂0 changes the images
+    with pytest.raises(ConfigError, match="only 'all'"):
+        pipe(2, class_labels="some")
+
+
+def test_three_lines_from_a_hub_layout_folder(tmp_path, monkeypatch):
+    """The README's snippet: `ddpm.load(<Hub id or diffusers pipeline folder>)(n)` -> PIL images, offline
+    from a cache laid out as huggingface_hub lays it out."""
+    pytest.importorskip("huggingface_hub")
+    import huggingface_hub.constants
+
+    from ddpm.models.convert_diffusers import save_diffusers_folder
+
+    src = ddpm.load("src/ddpm/assets/digits")
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    root = tmp_path / "models--acme--digits"
+    save_diffusers_folder(src.model, src.config.diffusion, root / "snapshots" / commit)
+    (root / "refs").mkdir()
+    (root / "refs" / "main").write_text(commit)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path))
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.chdir(tmp_path)
+
+    pipe = ddpm.load("acme/digits")                         # 1
+    images = pipe(2, sampler="ddim", steps=2, seed=0)       # 2
+    images[0].save(tmp_path / "sample.png")                 # 3
+    assert (tmp_path / "sample.png").is_file() and images[0].size == (28, 28)
+    x = pipe(2, sampler="ddim", steps=2, seed=0, output="tensor")
+    assert torch.equal(x, src(2, sampler="ddim", steps=2, seed=0, output="tensor"))
+    assert "acme/digits" in repr(pipe) and "\n" not in repr(pipe)

@@ -59,20 +59,37 @@ def test_confusion_and_accuracy():
 
 
 # ---------------------------------------------------------------------------------- classifier
-def test_shipped_classifier_accuracy_and_record():
-    record = json.loads((dc.asset_dir() / "record.json").read_text())
+@pytest.mark.parametrize("kind, record_file", [("features", "record.json"), ("recognizer", "recognizer_record.json")])
+def test_shipped_networks_accuracy_and_record(kind, record_file):
+    record = json.loads((dc.asset_dir() / record_file).read_text())
     from ddpm.data.digits import load_digits
 
-    acc = dc.accuracy(dc.load(), *load_digits("test"))
+    acc = dc.accuracy(dc.load(kind), *load_digits("test"))
     assert acc == pytest.approx(record["heldout_accuracy"], abs=1e-9)  # the shipped number is reproducible
     assert acc >= 0.98
     assert record["train_images"] == 4500
-    assert sum(p.numel() for p in dc.load().parameters()) == record["parameters"]
+    assert sum(p.numel() for p in dc.load(kind).parameters()) == record["parameters"]
+
+
+def test_the_recognizer_reads_speckled_digits_the_features_see_the_speckle():
+    """Why two networks: light pixel noise must not change the recognised class, but must move FD."""
+    from ddpm.data.digits import load_digits
+
+    images, labels = load_digits("test")
+    clean = dc.to_input(images)
+    speckled = (clean + 0.25 * torch.randn(clean.shape, generator=torch.Generator().manual_seed(0))).clamp(-1, 1)
+    recognizer, features = dc.load("recognizer"), dc.load("features")
+    assert dc.accuracy(recognizer, speckled, labels) > 0.97
+    assert dc.accuracy(features, speckled, labels) < dc.accuracy(recognizer, speckled, labels) - 0.05
+    a, b = dc.predict(None, clean)[0], dc.predict(None, speckled)[0]
+    assert q.fd(b, a) > 20 * q.fd(a[::2], a[1::2])  # (the test digits are sorted by class)
 
 
 def test_classifier_refuses_other_shapes():
     with pytest.raises(ConfigError, match="28×28 grey"):
         dc.to_input(torch.zeros(2, 3, 32, 32))
+    with pytest.raises(ConfigError, match="8–28 pixels"):
+        q.DigitsInstrument(32)
 
 
 def test_real_floor_is_below_degraded_real_digits():
@@ -119,27 +136,31 @@ def exit_code(argv) -> int:
 
 def test_eval_quality_on_the_shipped_checkpoint(tmp_path, capsys):
     out = tmp_path / "q.json"
-    assert main(["eval", "quality", "--ckpt", ASSET, "-n", "20", "--sampler", "ddim", "--steps", "3",
+    assert main(["eval", "quality", "--ckpt", ASSET, "-n", "20", "--sampler", "ddim", "--steps", "2",
                  "--json", str(out), "--no-progress"]) == 0
     row = json.loads(out.read_text())
     for key in ("fd", "fd_std", "kid", "kid_std", "precision", "recall", "accuracy", "confusion", "n", "nfe",
                 "seconds", "seconds_per_image", "floor"):
         assert key in row, key
-    assert row["n"] == 20 and row["nfe"] == 3 and row["sampler"] == "ddim"
+    assert row["n"] == 20 and row["nfe"] == 2 and row["sampler"] == "ddim"
     assert np.array(row["confusion"]).sum() == 20
-    assert row["fd"] > row["floor"]["fd"][0]  # three DDIM steps are far from real digits
+    # two deterministic steps from pure noise leave blurred class means, far from real digits
+    assert row["fd"] > 5 * row["floor"]["fd"][0]
     printed = capsys.readouterr().out
     assert "FD" in printed and "floor" in printed
 
 
 def test_eval_sweep_resumes_and_plots(tmp_path, capsys):
-    out, png = tmp_path / "s.json", tmp_path / "s.png"
+    out, png, md = tmp_path / "s.json", tmp_path / "s.png", tmp_path / "s.md"
     argv = ["eval", "sweep", "--ckpt", ASSET, "-n", "12", "--samplers", "ddim:eta=0,ddim:eta=1",
-            "--steps", "2,3", "--json", str(out), "--plot", str(png), "--no-progress"]
+            "--steps", "2,3", "--json", str(out), "--plot", str(png), "--markdown", str(md), "--no-progress"]
     assert main(argv) == 0
     rows = json.loads(out.read_text())["rows"]
     assert sorted((r["options"]["eta"], r["steps"]) for r in rows) == [(0, 2), (0, 3), (1, 2), (1, 3)]
     assert png.stat().st_size > 0
+    table = md.read_text().splitlines()
+    assert len(table) == 2 + 4 + 1 and table[-1].startswith("| real vs real (floor), n = 12 |")
+    assert f"| {rows[0]['fd']:.2f} ± {rows[0]['fd_std']:.2f} |" in table[2]
     first = [r["fd"] for r in rows]
     capsys.readouterr()
     assert main(argv) == 0  # a second run re-uses every row
@@ -158,12 +179,71 @@ def test_eval_quality_errors_are_one_line(argv, message, capsys):
     assert message in err and "Traceback" not in err
 
 
-def test_eval_quality_refuses_models_that_do_not_make_digits(tmp_path, capsys):
+def _tiny_checkpoint(path, *overrides):
     from ddpm.checkpoint import save_checkpoint
+    from ddpm.config import apply_overrides
     from ddpm.models.registry import build_model
     from ddpm.presets import get_preset
 
-    cfg = get_preset("repro-tiny")  # 16×16 digits: the classifier does not take them
-    save_checkpoint(tmp_path / "ck", config=cfg, step=0, ema_state=build_model(cfg.model).state_dict())
-    assert exit_code(["eval", "quality", "--ckpt", str(tmp_path / "ck"), "--no-progress"]) == 2
-    assert "28×28 grey" in capsys.readouterr().err
+    cfg = apply_overrides(get_preset("digits-tiny"), list(overrides))
+    save_checkpoint(path, config=cfg, step=0, ema_state=build_model(cfg.model).state_dict())
+    return path
+
+
+def test_eval_quality_refuses_models_that_do_not_make_digits(tmp_path, capsys):
+    ck = _tiny_checkpoint(tmp_path / "ck", "data.channels=3", "data.resolution=32")  # RGB: not digits
+    assert exit_code(["eval", "quality", "--ckpt", str(ck), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert "grey square digits of 8–28 pixels" in err and "3 channel" in err
+
+
+def test_smaller_digits_are_scored_against_real_digits_at_their_resolution():
+    """16×16 digits (the repro-tiny scale) are upsampled to 28 for the classifier; the reference goes
+    through the same shrink-and-upsample, so real 16×16 digits sit at the floor and noise does not."""
+    from ddpm.data.digits import load_all
+    from ddpm.data.transforms import fit_array
+
+    inst = q.DigitsInstrument(16)
+    feats, probs, labels = inst.reference()
+    assert feats.shape == (5000, 128)
+    assert (probs.argmax(1) == labels).mean() > 0.95  # 16×16 digits are still legible to the classifier
+    floor = q.floor_of(inst, 200, draws=3)
+    images, labels = load_all()
+    idx = np.random.default_rng(0).choice(len(images), 200, replace=False)  # the file is sorted by class
+    small = fit_array(images[idx], 16, 1).float().div(127.5).sub(1)
+    real = q.score_images(small, labels[idx], instrument=inst)
+    noise = q.score_images(torch.rand(200, 1, 16, 16) * 2 - 1, labels[idx], instrument=inst)
+    assert real.fd < floor["fd"][0] + 4 * floor["fd"][1] + 3 * real.fd_std
+    assert noise.fd > 10 * real.fd and noise.accuracy < 0.3 < 0.9 < real.accuracy
+    with pytest.raises(ConfigError, match="16×16"):
+        inst.check((1, 28, 28))
+
+
+def test_eval_quality_on_smaller_digits_and_with_inception_features(tmp_path, capsys):
+    ck = _tiny_checkpoint(tmp_path / "ck", "data.resolution=16")
+    out = tmp_path / "q.json"
+    assert main(["eval", "quality", "--ckpt", str(ck), "-n", "12", "--steps", "2", "--json", str(out),
+                 "--no-progress"]) == 0
+    row = json.loads(out.read_text())
+    assert row["features"] == "digits (at 16×16, upsampled)" and row["n"] == 12
+    # The FID network's features (random weights here: a pipeline check), against real digits.
+    assert main(["eval", "quality", "--ckpt", str(ck), "-n", "10", "--steps", "2", "--features", "inception",
+                 "--inception", "random", "--ref", "digits", "--ref-num", "20", "--json", str(out), "--overwrite",
+                 "--no-progress"]) == 0
+    row = json.loads(out.read_text())
+    assert row["features"].startswith("inception vs digits/train (RANDOM")
+    assert row["accuracy"] is None  # Inception's classes are not the digits
+    assert set(row["floor"]) == {"fd", "kid", "precision", "recall", "is_mean"}
+    assert "RANDOM Inception" in capsys.readouterr().out
+
+
+def test_reference_features_are_cached_under_a_content_hash(tmp_path, monkeypatch):
+    monkeypatch.setenv("DDPM_CACHE", str(tmp_path))
+    compute = q._digits_reference.__wrapped__  # past the in-process cache
+    feats, probs, labels = compute(28)
+    files = list(tmp_path.glob("digits_reference_*.npz"))
+    assert len(files) == 1
+    again = compute(28)  # read back from the file
+    assert np.array_equal(again[0], feats) and np.array_equal(again[1], probs)
+    files[0].write_bytes(b"damaged")  # a broken cache file is recomputed, not trusted
+    assert np.array_equal(compute(28)[0], feats)

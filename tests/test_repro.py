@@ -52,13 +52,20 @@ def test_table1_without_inception_weights_reports_nll(out):
     for v in ("eps-mse", "eps-kl"):
         assert res[v]["nll_test"]["num_images"] == 6 and res[v]["quality"] is None
         assert f"≤ {res[v]['nll_test']['bpd']:.3f}" in text
+        # the digits features fill the quality columns offline (8×8 digits, scored upsampled)
+        d = res[v]["digits"]
+        assert d["n"] == 10 and d["features"] == "digits (at 8×8, upsampled)" and d["fd"] > 0
+        assert f"| {d['fd']:.2f} ± {d['fd_std']:.2f} | {d['kid']:.4f} ± {d['kid_std']:.4f} |" in text
+    un = res["untrained"]
+    assert f"The same network untrained: FD {un['fd']:.2f}" in text
+    assert "Real vs real at the same n (the floor): FD" in text
 
 
 def test_fig8_cli_and_errors(out, capsys):
     from ddpm.cli import main
 
     assert main(["repro", "fig8", "--scale", "smoke", "--out", str(out / "f"), "--device", "cpu"]) == 0
-    assert "report:" in capsys.readouterr().out and (out / "f" / "fig8.png").is_file()
+    assert "report.md" in capsys.readouterr().out and (out / "f" / "fig8.png").is_file()
     assert main(["repro", "fig9", "--scale", "smoke", "--out", str(out / "f"), "--device", "cpu"]) == 0
     assert "t = [0, 1, 2, 4, 5, 6, 8, 9, 10]" in (out / "f" / "report.md").read_text()  # Fig. 9's sweep
     assert main(["repro", "table2", "--scale", "smoke", "--ckpt", "x", "--out", str(out / "g")]) == 2

@@ -46,10 +46,23 @@ def test_subsequence_spacings():
     q = timestep_subsequence(1000, 200, "quadratic")  # many early duplicates collapse
     assert len(q) < 200 and q == sorted(set(q)) and q[-1] == 800
     assert timestep_subsequence(1000, 250, "even") == space_timesteps(1000, "250")
+    # diffusers' trailing: round(arange(T, 0, -T/K)) - 1, always ending at T - 1
+    assert timestep_subsequence(1000, 10, "trailing") == [99, 199, 299, 399, 499, 599, 699, 799, 899, 999]
+    assert timestep_subsequence(1000, 7, "trailing") == [142, 285, 428, 570, 713, 856, 999]
+    assert timestep_subsequence(1000, 3, "trailing") == [332, 666, 999]
+    assert timestep_subsequence(10, 10, "trailing") == list(range(10))
     with pytest.raises(ConfigError, match="between 1 and"):
         timestep_subsequence(1000, 0)
     with pytest.raises(ConfigError, match="spacing"):
         timestep_subsequence(1000, 10, "log")
+
+
+def test_trailing_matches_diffusers():
+    diffusers = pytest.importorskip("diffusers")
+    sched = diffusers.DDIMScheduler(timestep_spacing="trailing")
+    for k in (3, 7, 10, 25, 50, 333):
+        sched.set_timesteps(k)
+        assert sorted(sched.timesteps.tolist()) == timestep_subsequence(1000, k, "trailing")
 
 
 def test_kept_alphas_cumprod_are_preserved():

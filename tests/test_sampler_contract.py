@@ -21,7 +21,12 @@ STEPS = 4
 SHAPE = (1, 8, 8)
 NAMES = sampler_names()
 # every entry with its defaults, plus option settings that switch an entry's behaviour
-CASES = [(name, {}) for name in NAMES] + [("ddim", {"eta": 0.7})]
+CASES = [(name, {}) for name in NAMES] + [
+    ("ddim", {"eta": 0.7}), ("euler", {"s_churn": 2.0}), ("heun", {"s_churn": 2.0, "quantize": True}),
+    ("euler-ancestral", {"eta": 0.0}), ("dpm-solver", {"order": 2}), ("dpmpp-2m", {"sde": True}),
+    ("dpmpp-2s", {"eta": 1.0}), ("dpmpp-3m", {"sde": True}), ("unipc", {"order": 3, "variant": "bh1"}),
+    ("ode", {"method": "euler"}), ("pc", {"predictor": "ancestral", "corrector_steps": 2}),
+    ("langevin", {"n_steps": 3})]
 IDS = [name + "".join(f"-{k}={v}" for k, v in opts.items()) for name, opts in CASES]
 
 
@@ -43,6 +48,13 @@ class ToyNet(torch.nn.Module):
             y = torch.full_like(t, self.config.num_classes) if y is None else y
             out = out + self.label(y)[:, :, None, None]
         return out
+
+
+def _tol(name, opts):
+    """1e-5 (batched convolutions round differently); an adaptive solver (NFE None) turns rounding
+    differences into different step choices, so its results agree to its own tolerance instead."""
+    adaptive = resolve_sampler(SamplerConfig(sampler=name, steps=STEPS, options=opts), T).nfe(T) is None
+    return 1e-4 if adaptive else 1e-5
 
 
 @pytest.fixture(scope="module")
@@ -81,8 +93,8 @@ def test_image_i_depends_only_on_seed_and_i(name, opts, diffusion):
     first = generate(model, diffusion, 2, batch_size=1, sampler=name, steps=STEPS, options=opts, seed=3)
     shard = generate(model, diffusion, 5, batch_size=2, sampler=name, steps=STEPS, options=opts, seed=3,
                      rank=1, world_size=2)
-    torch.testing.assert_close(first, full[:2], atol=1e-5, rtol=0)
-    torch.testing.assert_close(shard, full[1::2], atol=1e-5, rtol=0)
+    torch.testing.assert_close(first, full[:2], atol=_tol(name, opts), rtol=0)
+    torch.testing.assert_close(shard, full[1::2], atol=_tol(name, opts), rtol=0)
     other = generate(model, diffusion, 2, batch_size=2, sampler=name, steps=STEPS, options=opts, seed=4)
     assert (other - full[:2]).abs().max() > 1e-3  # the seed matters
 
@@ -90,13 +102,17 @@ def test_image_i_depends_only_on_seed_and_i(name, opts, diffusion):
 @pytest.mark.parametrize("name, opts", CASES, ids=IDS)
 def test_callback_nfe_noise_draws_and_no_noise_at_the_last_step(name, opts, diffusion):
     resolved = resolve_sampler(SamplerConfig(sampler=name, steps=STEPS, options=opts), T)
-    model, events = ToyNet(), []
+    model, events, infos = ToyNet(), [], []
     out = sample(model, diffusion, _x_T(), resolved, noise=RecordingNoise(events),
-                 callback=lambda info: events.append(("step", info["i"])))
+                 callback=lambda info: (events.append(("step", info["i"])), infos.append(info)))
     steps = [e for e in events if e[0] == "step"]
     draws = [e for e in events if e[0] == "noise"]
     assert [i for _, i in steps] == list(range(len(steps))) and len(steps) == STEPS
-    assert model.calls == resolved.nfe(T)  # batch of 2, no guidance: one call per evaluation
+    declared = resolved.nfe(T)
+    if declared is None:  # adaptive: the count is reported after the run
+        assert model.calls == infos[-1]["nfe"] > 0
+    else:
+        assert model.calls == declared  # batch of 2, no guidance: one call per evaluation
     declared = resolved.noise_draws(T)
     if declared is not None:
         assert len(draws) <= declared
@@ -148,7 +164,7 @@ def test_fast_path_composes_with_every_sampler(name, opts, diffusion):
     plain = generate(model, diffusion, 2, sampler=name, steps=STEPS, options=opts, seed=0)
     fast = generate(model, diffusion, 2, sampler=name, steps=STEPS, options=opts, seed=0,
                     fast=FastPath(channels_last=True, precision="fp32"))
-    torch.testing.assert_close(fast, plain, atol=1e-5, rtol=0)
+    torch.testing.assert_close(fast, plain, atol=_tol(name, opts), rtol=0)
 
 
 @pytest.mark.parametrize("name", NAMES)

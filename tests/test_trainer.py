@@ -239,6 +239,9 @@ def test_auto_precision_is_resolved_for_the_device_and_saved(tmp_path):
     tr = Trainer(cfg, tmp_path / "run", dataset=tiny_dataset(), progress=False, tensorboard=False)
     assert tr.config.train.precision == "fp32" and cfg.train.precision == "auto"
     assert json.loads((tmp_path / "run" / "config.json").read_text())["train"]["precision"] == "fp32"
-    with pytest.raises(ConfigError, match="train.precision must be auto, fp32 or bf16"):
-        Trainer(tiny_config("train.precision=fp16"), tmp_path / "bad", dataset=tiny_dataset(), progress=False,
+    with pytest.raises(ConfigError, match="train.precision must be auto, fp32, bf16 or fp16"):
+        Trainer(tiny_config("train.precision=fp8"), tmp_path / "bad", dataset=tiny_dataset(), progress=False,
+                tensorboard=False)
+    with pytest.raises(ConfigError, match="fp16 .* needs a CUDA GPU"):  # the loss-scaled fp16 path is CUDA-only
+        Trainer(tiny_config("train.precision=fp16"), tmp_path / "bad16", dataset=tiny_dataset(), progress=False,
                 tensorboard=False)

@@ -35,6 +35,7 @@ _EXPORTS = {
     "load_checkpoint": "ddpm.checkpoint",
     "Pipeline": "ddpm.pipeline",
     "load": "ddpm.pipeline",
+    "read_provenance": "ddpm.outputs",
 }
 
 __all__ = sorted(_EXPORTS) + ["__version__"]

@@ -20,7 +20,7 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
-from ddpm.config import PRECISIONS
+from ddpm.config import TRAIN_PRECISIONS
 from ddpm.errors import ConfigError
 
 
@@ -37,8 +37,8 @@ class FastPath:
     def resolve(self, device: torch.device | str) -> "FastPath":
         device = torch.device(device)
         precision = self.precision or default_precision(device)
-        if precision not in PRECISIONS:
-            raise ConfigError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+        if precision not in TRAIN_PRECISIONS:
+            raise ConfigError(f"precision must be one of {TRAIN_PRECISIONS}, got {precision!r}")
         return dataclasses.replace(self, precision=precision, cuda_graph=self.cuda_graph and device.type == "cuda")
 
 
@@ -58,18 +58,20 @@ def set_tf32(enabled: bool) -> None:
 
 def autocast(device: torch.device | str, precision: str = "fp32", *,
              cache_enabled: bool = True) -> contextlib.AbstractContextManager:
-    """Autocast context for ``precision``: bf16 autocast (weights stay fp32) or a no-op for fp32.
+    """Autocast context for ``precision``: bf16 (or, for training with a loss scaler, fp16) autocast
+    with the weights kept in fp32, or a no-op for fp32.
 
     Works on CPU too (PyTorch's CPU autocast), which is how the CPU test suite exercises it.
     ``cache_enabled=False`` is required inside CUDA-graph capture: cached bf16 weight copies are
     freed when the autocast region ends, while a captured graph would keep using their memory.
     """
-    if precision not in PRECISIONS:
-        raise ConfigError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    if precision not in TRAIN_PRECISIONS:
+        raise ConfigError(f"precision must be one of {TRAIN_PRECISIONS}, got {precision!r}")
     device = torch.device(device)
     if precision == "fp32":
         return contextlib.nullcontext()
-    return torch.autocast(device_type=device.type, dtype=torch.bfloat16, cache_enabled=cache_enabled)
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float16  # fp16: training with a loss scaler
+    return torch.autocast(device_type=device.type, dtype=dtype, cache_enabled=cache_enabled)
 
 
 def to_channels_last(model: nn.Module) -> nn.Module:
@@ -198,7 +200,8 @@ class _Autocast:
 
 
 def resolve_device(device: "str | torch.device | None" = None) -> torch.device:
-    """The device a user names: ``cpu``, ``cuda`` or ``cuda:N``; None means CUDA when available.
+    """The device a user names: ``cpu``, ``cuda``, ``cuda:N`` or ``mps`` (Apple's Metal GPU); None means
+    CUDA when available.
 
     The one place the CLI, the evaluation inputs and the DDP setup turn ``--device`` into a device,
     so every command rejects a bad name or a missing GPU with the same message.
@@ -208,11 +211,14 @@ def resolve_device(device: "str | torch.device | None" = None) -> torch.device:
     if isinstance(device, torch.device):
         return device
     kind, _, index = str(device).partition(":")
-    if kind not in ("cpu", "cuda") or (index and not index.isdigit()) or (kind == "cpu" and index):
-        raise ConfigError(f"--device must be cpu, cuda or cuda:N, got {device!r}")
+    if kind not in ("cpu", "cuda", "mps") or (index and not index.isdigit()) or (kind in ("cpu", "mps") and index):
+        raise ConfigError(f"--device must be cpu, cuda, cuda:N or mps, got {device!r}")
     if kind == "cuda":
         if not torch.cuda.is_available():
             raise ConfigError(f"--device {device}: no CUDA GPU is available; use --device cpu")
         if index and int(index) >= torch.cuda.device_count():
             raise ConfigError(f"--device {device}: this machine has {torch.cuda.device_count()} GPU(s)")
+    if kind == "mps" and not (hasattr(torch.backends, "mps") and torch.backends.mps.is_available()):
+        raise ConfigError("--device mps: Apple's Metal (MPS) backend is not available here (it needs Apple "
+                          "silicon, macOS 12.3+ and a PyTorch build with MPS); use --device cpu")
     return torch.device(device)

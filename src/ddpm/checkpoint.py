@@ -8,26 +8,30 @@ A run directory::
     RUN/checkpoints/step_0005000/ema.safetensors         EMA weights   } in the safetensors metadata
     RUN/checkpoints/step_0005000/train_state.safetensors optimizer moments, RNG states
     RUN/checkpoints/step_0005000/train_state.json        step, python/numpy RNG, samplers, data position
-    RUN/checkpoints/step_0005000/manifest.json           file sizes; written last = "complete"
+    RUN/checkpoints/step_0005000/manifest.json           file sizes and sha256; written last = "complete"
 
 Every checkpoint is first written to ``checkpoints/.tmp-step_X``, each file and the directory are
 fsync'ed, then the directory is renamed into place and the parent fsync'ed. A crash therefore leaves
 either the old state or the new one, plus perhaps a ``.tmp-*`` directory that loading ignores.
+
+Loading verifies every file against the manifest (size and content hash; checkpoints written before
+the hashes by size only, with a note) and, before weights are used, their keys, shapes and finiteness
+against the network their config describes (:func:`check_checkpoint`). A run directory resolves to its
+newest checkpoint that passes, each skipped one named in a one-line warning with the reason.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
-import random
 import shutil
 import signal
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, TypeVar
 
-import numpy as np
 import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
@@ -39,6 +43,7 @@ FORMAT = "ddpm-checkpoint/1"
 MANIFEST = "manifest.json"
 WEIGHT_FILES = ("ema.safetensors", "model.safetensors")
 _KILL_ENV = "DDPM_TEST_KILL_DURING_CHECKPOINT"  # test hook: SIGKILL mid-write at this step
+T = TypeVar("T")
 
 
 def step_dir_name(step: int) -> str:
@@ -118,27 +123,65 @@ def save_checkpoint(
     train_tensors: dict[str, torch.Tensor] | None = None,
     train_json: dict[str, Any] | None = None,
     dtype: torch.dtype | None = None,
+    extra_json: dict[str, dict] | None = None,
 ) -> Path:
     """Atomically write a checkpoint directory ``directory`` (e.g. ``RUN/checkpoints/step_0000100``).
 
     Any of the weight sets may be omitted (a shipped or converted checkpoint is often EMA-only);
     ``dtype`` (e.g. ``torch.float16``) stores floating weights smaller; loading upcasts to float32.
+    ``extra_json``: more files, name -> content (e.g. the trainer's ``progress.json``: time trained),
+    kept apart from ``train_state.json``, which holds only what decides the trajectory.
     """
     final = Path(directory)
     if model_state is None and ema_state is None:
         raise ValueError("save_checkpoint needs model_state and/or ema_state")
+    tmp = final.parent / f".tmp-{final.name}"
     try:
         final.parent.mkdir(parents=True, exist_ok=True)
+        if tmp.exists():
+            shutil.rmtree(tmp)
+        tmp.mkdir()
+        _write_files(tmp, config=config, step=step, model_state=model_state, ema_state=ema_state,
+                     train_tensors=train_tensors, train_json=train_json, dtype=dtype, extra_json=extra_json)
+        if final.exists():  # re-saving a step: move the old one aside first so the rename cannot fail
+            old = final.parent / f".old-{final.name}"
+            shutil.rmtree(old, ignore_errors=True)
+            os.rename(final, old)
+            os.rename(tmp, final)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.rename(tmp, final)
+        _fsync_dir(final.parent)
     except OSError as e:
-        raise CheckpointError(f"cannot create {final.parent}: {e.strerror}") from None
-    tmp = final.parent / f".tmp-{final.name}"
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir()
+        # A full disk, a read-only or vanished directory: free what was half-written (it may be what
+        # fills the disk) and say so in one line; every earlier checkpoint is untouched.
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise CheckpointError(f"cannot write checkpoint {final.name} in {final.parent}: "
+                              f"{e.strerror or e}; earlier checkpoints are intact "
+                              f"({_newest_name(final.parent)}); fix that, then resume") from None
+    return final
+
+
+def _newest_name(root: Path) -> str:
+    names = sorted(p.name for p in root.glob("step_*") if p.is_dir()) if root.is_dir() else []
+    return f"newest: {names[-1]}" if names else "none yet"
+
+
+def _default_mode(path: Path) -> None:
+    """safetensors creates its files owner-only (0600); give them the mode any other file gets under the
+    process's umask, so a checkpoint or an exported model can be shared like the rest of a run."""
+    mask = os.umask(0)
+    os.umask(mask)
+    os.chmod(path, 0o666 & ~mask)
+
+
+def _write_files(tmp: Path, *, config, step, model_state, ema_state, train_tensors, train_json, dtype,
+                 extra_json) -> None:
     kill_at = os.environ.get(_KILL_ENV)
     files: list[str] = []
 
     def done(name: str) -> None:
+        _default_mode(tmp / name)
         _fsync_file(tmp / name)
         files.append(name)
         if kill_at is not None and int(kill_at) == step:
@@ -159,23 +202,25 @@ def save_checkpoint(
     if train_json is not None:
         (tmp / "train_state.json").write_text(json.dumps(train_json))
         done("train_state.json")
+    for name, content in (extra_json or {}).items():
+        (tmp / name).write_text(json.dumps(content))
+        done(name)
     (tmp / "config.json").write_text(config.to_json())
     files.append("config.json")
     _fsync_file(tmp / "config.json")
-    manifest = {"format": FORMAT, "step": step, "files": {n: (tmp / n).stat().st_size for n in files}}
+    manifest = {"format": FORMAT, "step": step, "files": {n: (tmp / n).stat().st_size for n in files},
+                "sha256": {n: file_sha256(tmp / n) for n in files}}
     (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1))
     _fsync_file(tmp / MANIFEST)
     _fsync_dir(tmp)
-    if final.exists():  # re-saving a step: move the old one aside first so the rename cannot fail
-        old = final.parent / f".old-{final.name}"
-        shutil.rmtree(old, ignore_errors=True)
-        os.rename(final, old)
-        os.rename(tmp, final)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.rename(tmp, final)
-    _fsync_dir(final.parent)
-    return final
+
+
+def file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
 
 
 def export_weights(source: str | os.PathLike, directory: str | os.PathLike, *, dtype: torch.dtype | None = None,
@@ -195,13 +240,18 @@ def export_weights(source: str | os.PathLike, directory: str | os.PathLike, *, d
 
 
 def verify_checkpoint(directory: str | os.PathLike) -> dict[str, Any]:
-    """Check that a checkpoint directory is complete; returns its manifest or raises CheckpointError."""
+    """Check a checkpoint directory's files against its manifest — present, of the recorded size, of
+    the recorded sha256 (checkpoints written before the hashes: size only, with a one-time note),
+    readable safetensors headers and JSON; returns the manifest or raises CheckpointError."""
     d = Path(directory)
     if not d.is_dir():
         raise CheckpointError(f"checkpoint {d} does not exist")
     try:
         manifest = json.loads((d / MANIFEST).read_text())
         sizes = manifest["files"]
+        hashes = manifest.get("sha256")
+        if not isinstance(sizes, dict) or not isinstance(hashes, (dict, type(None))):
+            raise TypeError
     except (OSError, ValueError, KeyError, TypeError):
         raise CheckpointError(f"checkpoint {d} is incomplete or corrupt (no valid {MANIFEST}); "
                               "use an earlier checkpoint") from None
@@ -210,8 +260,75 @@ def verify_checkpoint(directory: str | os.PathLike) -> dict[str, Any]:
         if not p.is_file() or p.stat().st_size != size:
             raise CheckpointError(f"checkpoint {d} is truncated or corrupt ({name} missing or of the "
                                   "wrong size); use an earlier checkpoint")
+        if hashes is not None and hashes.get(name) != file_sha256(p):
+            raise CheckpointError(f"checkpoint {d} is corrupt ({name} does not match its sha256 in the "
+                                  "manifest: damaged after it was written); use an earlier checkpoint")
         if name.endswith(".safetensors"):
             _read_safetensors_header(p)
+        elif name.endswith(".json"):
+            try:
+                json.loads(p.read_text())
+            except (OSError, ValueError):
+                raise CheckpointError(f"checkpoint {d} is corrupt ({name} is not valid JSON); "
+                                      "use an earlier checkpoint") from None
+    if hashes is None and str(d.resolve()) not in _NOTED:
+        _NOTED.add(str(d.resolve()))
+        warnings.warn(f"{d} was written before checkpoints recorded content hashes; checked by file size "
+                      "only", stacklevel=3)
+    return manifest
+
+
+_NOTED: set[str] = set()  # checkpoints without hashes already noted in this process
+
+
+def check_weights(state: dict[str, torch.Tensor], config: Config, path: Path) -> None:
+    """Raise CheckpointError unless ``state`` has exactly the keys and shapes of the network ``config``
+    describes (built on the meta device: nothing allocated) and only finite values."""
+    from ddpm.models.registry import build_model
+
+    try:
+        want = {k: tuple(v.shape) for k, v in build_model(config.model, device="meta").state_dict().items()}
+    except UserError as e:
+        raise CheckpointError(f"{path}: its config describes no buildable network ({e})") from None
+    missing, extra = sorted(set(want) - set(state)), sorted(set(state) - set(want))
+    if missing:
+        raise CheckpointError(f"{path} lacks {len(missing)} tensor(s) of its network (e.g. {missing[0]!r}); "
+                              "use an earlier checkpoint")
+    if extra:
+        raise CheckpointError(f"{path} holds {len(extra)} tensor(s) its network does not have (e.g. "
+                              f"{extra[0]!r}); use an earlier checkpoint")
+    for k, shape in want.items():
+        if tuple(state[k].shape) != shape:
+            raise CheckpointError(f"{path}: tensor {k!r} has shape {tuple(state[k].shape)} but its network needs "
+                                  f"{shape}; use an earlier checkpoint")
+    bad = [k for k, v in state.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    if bad:
+        raise CheckpointError(f"{path} holds non-finite weights (NaN or inf in {len(bad)} of {len(state)} "
+                              f"tensors, e.g. {bad[0]!r}); it cannot be sampled or resumed; use an earlier checkpoint")
+
+
+def check_checkpoint(directory: str | os.PathLike) -> dict[str, Any]:
+    """:func:`verify_checkpoint` plus what using the weights needs: every weights file has the keys,
+    shapes and finite values of the network its config describes. Returns the manifest."""
+    d = Path(directory)
+    manifest = verify_checkpoint(d)
+    for name in WEIGHT_FILES:
+        if (d / name).is_file():
+            state, meta = read_weights(d / name)
+            check_weights(state, config_from_metadata(meta, d / name), d / name)
+    return manifest
+
+
+def add_hashes(directory: str | os.PathLike) -> dict[str, Any]:
+    """Record the sha256 of every file in the manifest of a checkpoint written before the hashes (e.g. to
+    re-ship an asset), once it passes :func:`check_checkpoint` by size; returns the new manifest."""
+    d = Path(directory)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the no-hash note: that is what this fixes
+        manifest = check_checkpoint(d)
+    if "sha256" not in manifest:
+        manifest["sha256"] = {n: file_sha256(d / n) for n in manifest["files"]}
+        write_text_atomic(d / MANIFEST, json.dumps(manifest, indent=1))
     return manifest
 
 
@@ -232,25 +349,29 @@ def list_checkpoints(run_dir: str | os.PathLike) -> list[Path]:
     return sorted(dirs, key=lambda p: p.name)
 
 
-def latest_checkpoint(run_dir: str | os.PathLike) -> Path:
-    """The newest complete checkpoint of a run; falls back past corrupt ones with a warning."""
+def newest_usable(run_dir: str | os.PathLike, use: Callable[[Path], T]) -> T:
+    """``use(checkpoint)`` of the newest checkpoint of a run for which it succeeds.
+
+    Checkpoints are tried newest step first — whatever ``checkpoints/latest`` says, since it is written
+    after the checkpoint and may lag behind a complete newer one; each one ``use`` rejects with a
+    CheckpointError is named in a one-line warning with the reason."""
     run_dir = Path(run_dir)
-    candidates = list_checkpoints(run_dir)
-    pointer = run_dir / "checkpoints" / "latest"
-    if pointer.is_file():
-        named = run_dir / "checkpoints" / pointer.read_text().strip()
-        if named in candidates:  # try the pointer first, then anything newer or older
-            candidates.remove(named)
-            candidates.append(named)
-            candidates.sort(key=lambda p: (p == named, p.name))
-    for d in reversed(candidates):
+    skipped = []
+    for d in reversed(list_checkpoints(run_dir)):
         try:
-            verify_checkpoint(d)
-            return d
+            return use(d)
         except CheckpointError as e:
-            warnings.warn(f"skipping checkpoint: {e}", stacklevel=2)
-    raise CheckpointError(f"no complete checkpoint in {run_dir / 'checkpoints'}; "
+            warnings.warn(f"skipping checkpoint {d.name}: {e}", stacklevel=3)
+            skipped.append(d.name)
+    why = f" ({len(skipped)} damaged: {', '.join(skipped)})" if skipped else ""
+    raise CheckpointError(f"no complete checkpoint in {run_dir / 'checkpoints'} that verifies{why}; "
                           "start a new run or pass another --run-dir")
+
+
+def latest_checkpoint(run_dir: str | os.PathLike) -> Path:
+    """The newest checkpoint of a run that passes :func:`check_checkpoint`; falls back past damaged
+    ones with a warning naming each and why."""
+    return newest_usable(run_dir, lambda d: check_checkpoint(d) and d)
 
 
 def write_latest(run_dir: str | os.PathLike, checkpoint: Path) -> None:
@@ -332,9 +453,18 @@ def load_checkpoint(path: str | os.PathLike, *, use_ema: bool = True, device="cp
         model, dcfg = load_diffusers_folder(p)
         cfg = Config.for_network(model.config, dcfg)
         return LoadedCheckpoint(model.to(device).eval(), dcfg.build(), cfg, 0, p, "model")
-    target = resolve_checkpoint(p)
+    if (p / "checkpoints").is_dir():  # a run: its newest checkpoint that verifies (as `ddpm info` says)
+        return newest_usable(p, lambda d: _load_one(d, use_ema, device, check_all=True))
+    return _load_one(resolve_checkpoint(p), use_ema, device)
+
+
+def _load_one(target: Path, use_ema: bool, device, check_all: bool = False) -> LoadedCheckpoint:
+    """Load one checkpoint directory or weights file; ``check_all``: every weights file must pass
+    :func:`check_checkpoint`, not only the one loaded."""
     if target.is_dir():
-        if (target / MANIFEST).is_file():
+        if check_all:
+            check_checkpoint(target)
+        elif (target / MANIFEST).is_file():
             verify_checkpoint(target)
         order = ("ema.safetensors", "model.safetensors") if use_ema else ("model.safetensors",)
         files = [target / n for n in order if (target / n).is_file()]
@@ -343,11 +473,12 @@ def load_checkpoint(path: str | os.PathLike, *, use_ema: bool = True, device="cp
             raise CheckpointError(f"checkpoint {target} has no {what}")
         file = files[0]
         if use_ema and file.name == "model.safetensors":
-            warnings.warn(f"{target} has no EMA weights; using the raw weights", stacklevel=2)
+            warnings.warn(f"{target} has no EMA weights; using the raw weights", stacklevel=3)
     else:
         file = target
     state, meta = read_weights(file, device=device)
     cfg = config_from_metadata(meta, file)
+    check_weights(state, cfg, file)  # keys, shapes and finiteness: NaN weights would sample black images
     from ddpm.models.registry import build_model
 
     try:
@@ -355,8 +486,6 @@ def load_checkpoint(path: str | os.PathLike, *, use_ema: bool = True, device="cp
         model.load_state_dict(state)
     except (RuntimeError, TypeError, ValueError) as e:
         raise CheckpointError(f"{file} does not match its own config ({str(e).splitlines()[0]})") from None
-    except UserError:
-        raise
     model.to(device).eval()
     return LoadedCheckpoint(model, cfg.diffusion.build(), cfg, int(meta.get("step", 0)), file,
                             meta.get("kind", "ema" if file.name.startswith("ema") else "model"))
@@ -373,74 +502,19 @@ def load_train_state(directory: Path, device="cpu") -> tuple[dict[str, torch.Ten
     return tensors, json.loads(js.read_text())
 
 
-def pack_train_state(optimizer, generators: dict[str, torch.Generator], sampler_state: dict,
-                     **fields) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    """What exact resume needs, as (tensors for ``train_state.safetensors``, JSON for ``train_state.json``).
-
-    Tensors: optimizer moments as ``optim.<param index>.<name>``, the named generators and the global
-    CPU/CUDA RNG as ``rng.<name>``, the timestep sampler's tensors as ``sampler.<name>``. JSON: the
-    optimizer's param groups, the sampler's other values, Python's and NumPy's RNG, and ``fields``.
-    """
-    tensors: dict[str, torch.Tensor] = {"rng.torch_cpu": torch.get_rng_state()}
-    tensors.update({f"rng.{name}": g.get_state() for name, g in generators.items()})
-    if torch.cuda.is_available():
-        for i, s in enumerate(torch.cuda.get_rng_state_all()):
-            tensors[f"rng.cuda.{i}"] = s
-    opt = optimizer.state_dict()
-    for idx, st in opt["state"].items():
-        for k, v in st.items():
-            tensors[f"optim.{idx}.{k}"] = v if torch.is_tensor(v) else torch.tensor(v)
-    sampler_json = {}
-    for k, v in sampler_state.items():
-        if torch.is_tensor(v):
-            tensors[f"sampler.{k}"] = v
-        else:
-            sampler_json[k] = v
-    py, np_state = random.getstate(), np.random.get_state()
-    js = {
-        **fields,
-        "optimizer_param_groups": opt["param_groups"],
-        "timestep_sampler": sampler_json,
-        "rng_python": [py[0], list(py[1]), py[2]],
-        "rng_numpy": [np_state[0], np_state[1].tolist(), int(np_state[2]), int(np_state[3]), float(np_state[4])],
-    }
-    return tensors, js
-
-
-def restore_train_state(tensors: dict[str, torch.Tensor], js: dict[str, Any], optimizer,
-                        generators: dict[str, torch.Generator]) -> dict:
-    """Undo :func:`pack_train_state` into ``optimizer``, ``generators`` and the global RNGs; returns the
-    timestep sampler's state dict."""
-    state: dict = {}
-    for k, v in tensors.items():
-        if k.startswith("optim."):
-            _, idx, name = k.split(".", 2)
-            state.setdefault(int(idx), {})[name] = v
-    groups = js["optimizer_param_groups"]
-    current = optimizer.state_dict()["param_groups"]
-    for g, c in zip(groups, current):  # device-specific flags follow this run, not the saved one
-        for key in ("foreach", "fused", "capturable", "differentiable"):
-            if key in c:
-                g[key] = c[key]
-    optimizer.load_state_dict({"state": state, "param_groups": groups})
-    torch.set_rng_state(tensors["rng.torch_cpu"])
-    for name, g in generators.items():
-        g.set_state(tensors[f"rng.{name}"])
-    cuda_states = [tensors[f"rng.cuda.{i}"] for i in range(torch.cuda.device_count()) if f"rng.cuda.{i}" in tensors]
-    if torch.cuda.is_available() and len(cuda_states) == torch.cuda.device_count():
-        torch.cuda.set_rng_state_all(cuda_states)
-    p = js["rng_python"]
-    random.setstate((p[0], tuple(p[1]), p[2]))
-    n = js["rng_numpy"]
-    np.random.set_state((n[0], np.array(n[1], dtype=np.uint32), n[2], n[3], n[4]))
-    sampler_state = dict(js.get("timestep_sampler", {}))
-    sampler_state.update({k[len("sampler."):]: v for k, v in tensors.items() if k.startswith("sampler.")})
-    return sampler_state
-
-
 def _read_raw(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     try:
         with safe_open(str(path), framework="pt") as f:
             return {k: f.get_tensor(k) for k in f.keys()}, (f.metadata() or {})
     except (SafetensorError, OSError, ValueError, RuntimeError) as e:
         raise CheckpointError(f"{path} is truncated or corrupt ({str(e).splitlines()[0]})") from None
+
+
+def __getattr__(name: str):
+    # The packing of the trainer's own state moved to ddpm.train.state; these aliases keep
+    # ``ckpt.pack_train_state`` / ``ckpt.restore_train_state`` working.
+    if name in ("pack_train_state", "restore_train_state"):
+        from ddpm.train import state
+
+        return getattr(state, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -19,6 +19,9 @@ from ddpm.errors import ConfigError
 LEARNED_VARIANCES = ("learned", "learned_range")
 PRECISIONS = ("fp32", "bf16")  # what the network runs in
 PRECISION_CHOICES = ("auto", *PRECISIONS)  # what users may ask for: auto picks per device
+# Training may also use fp16 autocast with a loss scaler (CUDA only: for GPUs without bf16 tensor cores).
+TRAIN_PRECISIONS = (*PRECISIONS, "fp16")
+TRAIN_PRECISION_CHOICES = ("auto", *TRAIN_PRECISIONS)
 
 
 @dataclass
@@ -64,12 +67,14 @@ class TrainConfig:
     class_dropout: float = 0.0  # probability of replacing a label by the null label (for guidance)
     seed: int = 0
     # auto: bf16 autocast on GPUs with bf16 tensor cores (Ampere and later), fp32 elsewhere; the
-    # Trainer writes the resolved value into the run's config. bf16 keeps fp32 master weights.
-    precision: str = "auto"  # auto | fp32 | bf16
+    # Trainer writes the resolved value into the run's config. bf16 keeps fp32 master weights;
+    # fp16 (CUDA only) adds a loss scaler (ddpm.train.optim).
+    precision: str = "auto"  # auto | fp32 | bf16 | fp16
     compile: bool = False
     log_every: int = 100
     sample_every: int = 5000
     ckpt_every: int = 5000
+    ckpt_minutes: float = 30.0  # also checkpoint every N minutes of wall time (0: off)
     keep_checkpoints: int = 2
     num_sample_images: int = 64
     sample_steps: int | None = None  # steps of the periodic sample grids (None: the full T-step chain)
@@ -77,6 +82,11 @@ class TrainConfig:
     # other entries train classifiers, distilled students, autoencoders with the same loop.
     objective: str = "diffusion"
     objective_options: dict = field(default_factory=dict)
+    # Knobs beyond the paper (ddpm.train.optim); the defaults are the paper's recipe.
+    grad_accum: int = 1  # split each global batch into this many micro-batches (same update, less memory)
+    lr_schedule: str = "constant"  # constant | cosine | linear decay after the warm-up, to train.steps
+    lr_final_ratio: float = 0.0  # the decayed rate at train.steps, as a fraction of train.lr
+    weight_decay: float = 0.0  # > 0: AdamW (decoupled weight decay) instead of Adam
 
 
 @dataclass
@@ -121,6 +131,9 @@ class Config:
     data: DataConfig = field(default_factory=DataConfig)
     sampling: SamplerConfig = field(default_factory=SamplerConfig)
     preset: str | None = None
+    # Set on weights imported from elsewhere (``ddpm convert``): what they came from. Such a checkpoint
+    # records no training recipe or dataset of its own; ``train``/``data`` then hold defaults only.
+    imported_from: str | None = None
 
     def __post_init__(self):
         # The network follows the data and the diffusion: image shape and labels from ``data``, doubled
@@ -162,6 +175,7 @@ class Config:
             data=_from_dict(DataConfig, d.get("data", {})),
             sampling=_from_dict(SamplerConfig, d.get("sampling", {})),
             preset=d.get("preset"),
+            imported_from=d.get("imported_from"),
         )
 
     @classmethod

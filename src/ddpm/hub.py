@@ -58,3 +58,34 @@ def download(repo: str, *, cache_dir: str | None = None) -> Path:
 def resolve(path) -> Path:
     """``path`` as a local path, downloading it first when it is a Hub id and not a local path."""
     return download(str(path)) if looks_like_repo_id(str(path)) else Path(path)
+
+
+def check_repo_id(repo: str) -> str:
+    """``repo`` if it is a Hub repository id ``org/name`` (no revision), else a one-line error."""
+    if "@" in repo or not _REPO_ID.match(repo):
+        raise CheckpointError(f"--push-to-hub needs a Hub repository id org/name (letters, digits, '-', '_', '.'), "
+                              f"got {repo!r}")
+    return repo
+
+
+def upload(folder, repo: str, *, private: bool = False, message: str = "ddpm export") -> str:
+    """Upload ``folder`` to the Hub model repository ``repo`` (created if missing); returns its URL.
+
+    Uses ``huggingface_hub.HfApi`` (credentials from ``huggingface-cli login`` or ``HF_TOKEN``); any
+    failure (offline, no login, no permission) is one line naming the repository.
+    """
+    check_repo_id(repo)
+    try:
+        from huggingface_hub import HfApi
+    except ImportError:
+        raise CheckpointError("--push-to-hub needs huggingface_hub: pip install huggingface_hub") from None
+    api = HfApi()
+    try:
+        api.create_repo(repo, repo_type="model", private=private, exist_ok=True)
+        api.upload_folder(folder_path=str(folder), repo_id=repo, repo_type="model", commit_message=message)
+    except Exception as e:  # HTTP, auth and network errors come in many types
+        first = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise CheckpointError(f"could not upload {folder} to the Hub repository {repo} ({first}); the folder "
+                              "is written locally: check `huggingface-cli login` / HF_TOKEN and the network, "
+                              "then upload it again") from None
+    return f"https://huggingface.co/{repo}"

@@ -218,8 +218,69 @@ class Repro:
         return self.timed(f"fid/is {key}", score_images, net, x, ref)
 
 
+    def digits_quality(self, ck, key: str) -> dict | None:
+        """FD/KID/precision/recall (and class accuracy for conditional models) of ``fid_num`` Algorithm 2
+        samples on the digits features, with the real-vs-real floor; None when the images are not grey
+        digits (then only Inception scores apply)."""
+        from ddpm.evaluate import quality
+        from ddpm.evaluate.sweep import measure
+
+        c, h, _ = ck.config.model.image_shape
+        if c != 1 or not quality.MIN_DIGITS_RES <= h <= 28 or ck.config.data.source not in ("digits", "mnist"):
+            return None
+        inst = quality.digits_instrument(h)
+        n = self.scale.fid_num
+        self.log(f"sampling {n} images from {key} for the digits features")
+        row = self.timed(f"digits quality {key}", measure, ck, ck.config.sampling, n=n,
+                         classes="all" if ck.config.model.num_classes else "null", batch_size=self.scale.eval_batch,
+                         device=next(ck.model.parameters()).device, progress=self.progress, instrument=inst)
+        if "untrained" not in self.results:
+            self.results["untrained"] = self.timed("digits quality untrained", self._untrained_fd, ck, inst, n)
+        return row
+
+    def _untrained_fd(self, ck, inst, n: int) -> dict:
+        """The same network at its initialisation (the trainer's seed), sampled and scored the same way:
+        what training must beat."""
+        import torch
+
+        from ddpm.checkpoint import LoadedCheckpoint
+        from ddpm.evaluate.sweep import measure
+        from ddpm.models.registry import build_model
+
+        torch.manual_seed(ck.config.train.seed)
+        net = build_model(ck.config.model).eval()
+        fresh = LoadedCheckpoint(model=net, diffusion=ck.diffusion, config=ck.config, step=0, weights="init")
+        row = measure(fresh, ck.config.sampling, n=n, classes="all" if ck.config.model.num_classes else "null",
+                      batch_size=self.scale.eval_batch, instrument=inst, with_floor=False)
+        return {k: row[k] for k in ("fd", "fd_std", "kid", "kid_std")}
+
+
 def _fmt(v, digits: int = 2) -> str:
     return "–" if v is None else (f"{v:.{digits}f}" if isinstance(v, float) else str(v))
+
+
+def _digits_cells(d: dict | None) -> tuple[str, str]:
+    if d is None:
+        return "–", "–"
+    acc = "" if d.get("accuracy") is None else f", acc {100 * d['accuracy']:.1f}%"
+    return f"{d['fd']:.2f} ± {d['fd_std']:.2f}{acc}", f"{d['kid']:.4f} ± {d['kid_std']:.4f}"
+
+
+def _digits_notes(r: Repro) -> list[str]:
+    """The floor and the untrained network beside the digits columns, so a reader can place them."""
+    rows = [v["digits"] for v in r.results.values() if isinstance(v, dict) and v.get("digits")]
+    if not rows:
+        return []
+    floor, un, n = rows[0].get("floor"), r.results.get("untrained"), rows[0]["n"]
+    lines = [f"FD/KID digits: the project's digits features ({rows[0]['features']}), {n} samples of Algorithm 2 "
+             f"(seed 0) against the 5,000 bundled digits; ± is the bootstrap std (FD) and the std over subsets "
+             f"(KID)."]
+    if floor:
+        lines[-1] += (f" Real vs real at the same n (the floor): FD {floor['fd'][0]:.2f} ± {floor['fd'][1]:.2f}, "
+                      f"KID {floor['kid'][0]:.4f} ± {floor['kid'][1]:.4f}.")
+    if un:
+        lines[-1] += f" The same network untrained: FD {un['fd']:.2f} ± {un['fd_std']:.2f}, KID {un['kid']:.4f}."
+    return lines
 
 
 def _quality_cells(q: dict | None) -> tuple[str, str]:
@@ -233,16 +294,18 @@ def _quality_cells(q: dict | None) -> tuple[str, str]:
 def _table1(r: Repro) -> list[str]:
     variants = ["eps-kl", "eps-mse"] if not r.ckpt else ["checkpoint"]
     figures = []
-    lines = ["| model | IS (paper) | IS (ours) | FID (paper) | FID (ours) | NLL test (train), paper | "
-             "NLL test (train), ours |", "|---|---|---|---|---|---|---|"]
+    lines = ["| model | IS (paper) | IS (ours) | FID (paper) | FID (ours) | FD digits (ours) | KID digits (ours) | "
+             "NLL test (train), paper | NLL test (train), ours |", "|---|---|---|---|---|---|---|---|---|"]
     for v in variants:
         ck = r.model(v if v != "checkpoint" else "eps-mse")
         test, train = r.nll(ck, "test", v), r.nll(ck, "train", v)
         q = r.quality(ck, v)
-        r.results[v] = {"nll_test": test.summary(), "nll_train": train.summary(), "quality": q}
+        dq = r.digits_quality(ck, v)
+        r.results[v] = {"nll_test": test.summary(), "nll_train": train.summary(), "quality": q, "digits": dq}
         p = PAPER_TABLE1.get(v, {"label": v, "is": "–", "fid": None, "nll_test": None, "nll_train": None})
         is_, fid = _quality_cells(q)
-        lines.append(f"| {p['label']} | {p['is']} | {is_} | {_fmt(p['fid'])} | {fid} | "
+        fd, kid = _digits_cells(dq)
+        lines.append(f"| {p['label']} | {p['is']} | {is_} | {_fmt(p['fid'])} | {fid} | {fd} | {kid} | "
                      f"≤ {_fmt(p['nll_test'])} ({_fmt(p['nll_train'])}) | "
                      f"≤ {test.bpd:.3f} ± {test.bpd_stderr:.3f} ({train.bpd:.3f} ± {train.bpd_stderr:.3f}) |")
         if v in ("eps-mse", "checkpoint"):
@@ -254,7 +317,8 @@ def _table1(r: Repro) -> list[str]:
         lines += ["", f"L_simple decomposition (test): rate {rd['rate']:.3f} + distortion {rd['distortion']:.3f} "
                       f"bits/dim (paper: {PAPER_RATE_DISTORTION['rate']} + {PAPER_RATE_DISTORTION['distortion']}); "
                       "curves from the same pass: rate_distortion.csv, fig5_rate_distortion.png."]
-    lines += ["", "NLL ± is the standard error over images; n/c = not computed (see notes).", ""]
+    lines += ["", "NLL ± is the standard error over images; n/c = not computed (see notes)."]
+    lines += _digits_notes(r) + [""]
     lines += [f"![samples of {v}]({name}) " for v, name in zip(variants, figures)]
     lines += ["", f"Samples (Algorithm 2, EMA weights, seed 0), left to right: {', '.join(variants)}."]
     return lines
@@ -263,16 +327,19 @@ def _table1(r: Repro) -> list[str]:
 def _table2(r: Repro) -> list[str]:
     if r.ckpt:
         raise ConfigError("table2 trains its six models itself; drop --ckpt")
-    lines = ["| objective | IS (paper) | IS (ours) | FID (paper) | FID (ours) | NLL test, ours |",
-             "|---|---|---|---|---|---|"]
+    lines = ["| objective | IS (paper) | IS (ours) | FID (paper) | FID (ours) | FD digits (ours) | KID digits (ours) "
+             "| NLL test, ours |", "|---|---|---|---|---|---|---|---|"]
     for v in ("xprev-learned", "xprev-kl", "xprev-mse", "eps-learned", "eps-kl", "eps-mse"):
         ck = r.model(v)
         test = r.nll(ck, "test", v)
         q = r.quality(ck, v)
-        r.results[v] = {"nll_test": test.summary(), "quality": q}
+        dq = r.digits_quality(ck, v)
+        r.results[v] = {"nll_test": test.summary(), "quality": q, "digits": dq}
         p = PAPER_TABLE2[v]
         is_, fid = _quality_cells(q)
-        lines.append(f"| {p['label']} | {p['is']} | {is_} | {p['fid']} | {fid} | {test.bpd:.3f} |")
+        fd, kid = _digits_cells(dq)
+        lines.append(f"| {p['label']} | {p['is']} | {is_} | {p['fid']} | {fid} | {fd} | {kid} | {test.bpd:.3f} |")
+    lines += [""] + _digits_notes(r)
     return lines
 
 
@@ -349,17 +416,22 @@ def run_repro(target: str, scale: str = "tiny", *, out: str | Path | None = None
         raise ConfigError(f"unknown target {target!r}; choose one of {', '.join(TARGETS)}")
     if scale not in SCALE_SETTINGS:
         raise ConfigError(f"unknown scale {scale!r}; choose tiny or paper")
+    if target == "table2" and ckpt:  # checked before the output folder is made
+        raise ConfigError("table2 trains its six models itself; drop --ckpt")
     out = Path(out or f"repro/{target}-{scale}")
     out.mkdir(parents=True, exist_ok=True)
     r = Repro(target, SCALE_SETTINGS[scale], out, data=data, ckpt=ckpt, inception=inception, device=device,
               steps=steps, progress=progress)
+    from ddpm.outputs import describe_machine, machine
+
+    host = machine()  # the load at the start: wall times depend on what else runs
     t0 = time.perf_counter()
     body = RECIPES[target](r)
     wall = time.perf_counter() - t0
     cfg = r.base_config()
     lines = [f"# {TITLES[target]} — `{scale}` scale", "",
              f"Produced by `ddpm repro {target} --scale {scale}`" + (f" --ckpt {ckpt}" if ckpt else "") +
-             f" in {wall / 60:.1f} min wall time.", ""]
+             f" in {wall / 60:.1f} min wall time on {describe_machine(host)} at the start.", ""]
     if scale != "paper":
         lines += [f"Setting: {cfg.data.source} at {cfg.model.resolution}×{cfg.model.resolution}, U-Net ch "
                   f"{cfg.model.ch} × {list(cfg.model.ch_mult)}, T = {cfg.diffusion.num_timesteps} (β "
@@ -372,11 +444,16 @@ def run_repro(target: str, scale: str = "tiny", *, out: str | Path | None = None
         lines += ["## Notes", ""] + [f"- {n}" for n in dict.fromkeys(r.notes)] + [""]
     lines += ["## Wall time", "", "| phase | seconds |", "|---|---|"]
     lines += [f"| {k} | {v:.1f} |" for k, v in r.timings.items()] + [f"| total | {wall:.1f} |", ""]
+    from ddpm.outputs import provenance, write_text
+
     report = out / "report.md"
-    report.write_text("\n".join(lines))
-    (out / "results.json").write_text(json.dumps({"target": target, "scale": scale, "wall_s": wall,
-                                                  "timings": r.timings, "results": r.results,
-                                                  "notes": r.notes}, indent=2, default=_json_default) + "\n")
+    write_text(report, "\n".join(lines))
+    record = provenance(target=target, scale=scale, ckpt=ckpt, steps=steps, timings=r.timings,
+                        machine_at_start=host)
+    write_text(out / "results.json", json.dumps({"target": target, "scale": scale, "wall_s": wall,
+                                                 "timings": r.timings, "results": r.results,
+                                                 "notes": r.notes, "provenance": record},
+                                                indent=2, default=_json_default) + "\n")
     return report
 
 

@@ -1,14 +1,20 @@
 """`ddpm` command line: a thin layer over the Python API.
 
 Each sub-command lives in its own module exposing ``add_parser(subparsers)``; the parser it adds sets
-``func`` to a callable taking the parsed namespace and returning an exit code. Any
-:class:`ddpm.errors.UserError` becomes one line on stderr and exit code 2.
+``func`` to a callable taking the parsed namespace and returning an exit code. :func:`main` is the one
+place where failures a user can fix become one line on stderr and exit code 2: any
+:class:`ddpm.errors.UserError`, any ``OSError`` (full disk, read-only or missing folder, a name too
+long, a path through a file, …: the line names the path and what to do, see
+:func:`ddpm.outputs.describe_os_error`) and running out of memory. A closed pipe (``ddpm info RUN |
+head -1``) ends the command quietly with the status a process killed by SIGPIPE has (141), as Unix
+tools do.
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import re
 import sys
 import warnings
@@ -16,7 +22,7 @@ import warnings
 from ddpm.errors import UserError
 
 # Sub-command modules, in the order `ddpm --help` lists them.
-COMMANDS = ("train", "distill", "sample", "info", "evaluate", "figures", "repro", "convert")
+COMMANDS = ("train", "distill", "sample", "info", "plot", "evaluate", "figures", "repro", "convert")
 
 
 def plain(text: str | None) -> str | None:
@@ -64,17 +70,54 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+SIGPIPE_STATUS = 128 + 13  # what a shell reports for a process killed by SIGPIPE
+
+
+def _quiet_broken_pipe() -> int:
+    """stdout's reader has gone: point stdout at /dev/null so the interpreter's final flush is silent."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):
+        pass
+    return SIGPIPE_STATUS
+
+
 def main(argv: list[str] | None = None) -> int:
+    import shlex
+
+    from ddpm import outputs
+
     parser = build_parser()
     args = parser.parse_args(argv)
+    outputs.CURRENT_COMMAND = "ddpm " + shlex.join(sys.argv[1:] if argv is None else list(argv))
     shown, warnings.showwarning = warnings.showwarning, _one_line_warning
+    name = f"ddpm {args.command}"
     try:
-        return int(args.func(args) or 0)
+        code = int(args.func(args) or 0)
+        sys.stdout.flush()  # a closed pipe shows here, inside the handlers, not at interpreter exit
+        return code
     except UserError as e:
-        print(f"ddpm {args.command}: error: {e}", file=sys.stderr)
+        print(f"{name}: error: {e}", file=sys.stderr)
+        return 2
+    except BrokenPipeError:
+        return _quiet_broken_pipe()
+    except OSError as e:
+        from ddpm.outputs import describe_os_error
+
+        print(f"{name}: error: {describe_os_error(e)}", file=sys.stderr)
+        return 2
+    except MemoryError:
+        print(f"{name}: error: out of memory; use fewer images (-n) or a smaller --batch-size", file=sys.stderr)
+        return 2
+    except RuntimeError as e:
+        if type(e).__name__ != "OutOfMemoryError":  # torch's CUDA/MPS OOM; any other RuntimeError is a bug
+            raise
+        print(f"{name}: error: the device ran out of memory ({str(e).splitlines()[0][:120]}); use a smaller "
+              "--batch-size", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print(f"ddpm {args.command}: interrupted", file=sys.stderr)
+        print(f"{name}: interrupted", file=sys.stderr)
         return 130
     finally:
         warnings.showwarning = shown

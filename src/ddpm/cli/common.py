@@ -1,6 +1,7 @@
 """Arguments and checks shared by the sub-commands, defined once so every command spells them alike.
 
-- number types with their real ranges (:func:`positive_int`, :func:`non_negative_int`, :func:`finite_float`);
+- number types with their real ranges (:func:`positive_int`, :func:`non_negative_int`, :func:`seed`,
+  :func:`finite_float`, :func:`threads`), so a bad value fails at parse time;
 - runtime: ``--device``, ``--threads``, ``--progress`` (:func:`add_runtime_args`, :func:`setup_runtime`);
 - the network's fast paths (:func:`add_speed_args`, :func:`fast_path_from_args`);
 - the sampler: ``--sampler --steps --spacing --eta --guidance --option --clip --class`` parsed into one
@@ -9,7 +10,10 @@
   :func:`ddpm.sampling.registry.resolve_sampler`;
 - classifier guidance: ``--classifier --classifier-scale --model-null-label`` (:func:`add_classifier_args`,
   :func:`classifier_from_args`);
-- output paths checked before any computing (:func:`check_output`).
+- outputs: ``--overwrite`` (:func:`add_overwrite_arg`), every output path and format checked before
+  any computing (:func:`check_output`, on :func:`ddpm.outputs.check_output`), the memory a sampling
+  run needs checked before it allocates (:func:`check_memory`), and the one-line summary of what was
+  run (:func:`summary`).
 """
 
 from __future__ import annotations
@@ -21,9 +25,10 @@ import sys
 from pathlib import Path
 
 from ddpm.config import PRECISION_CHOICES
-from ddpm.errors import ConfigError, UserError
+from ddpm.errors import ConfigError
 
 MAX_THREADS = 1024
+SEED_LIMIT = 2**63  # seeds index the generators' streams: 0 <= seed < 2**63 (torch takes 64-bit seeds)
 
 
 def positive_int(text: str) -> int:
@@ -43,6 +48,14 @@ def non_negative_int(text: str) -> int:
         raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}") from None
     if value < 0:
         raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {value}")
+    return value
+
+
+def seed(text: str) -> int:
+    """A random seed: an integer in [0, 2**63)."""
+    value = non_negative_int(text)
+    if value >= SEED_LIMIT:
+        raise argparse.ArgumentTypeError(f"expected a seed below 2**63 = {SEED_LIMIT}, got {value}")
     return value
 
 
@@ -67,7 +80,8 @@ def finite_float(low: float | None = None, high: float | None = None):
 def threads(text: str) -> int:
     value = positive_int(text)
     if value > MAX_THREADS:
-        raise argparse.ArgumentTypeError(f"expected at most {MAX_THREADS} threads, got {value}")
+        raise argparse.ArgumentTypeError(f"expected at most {MAX_THREADS} threads (this machine has "
+                                         f"{os.cpu_count() or '?'} CPUs), got {value}")
     return value
 
 
@@ -88,7 +102,16 @@ def setup_runtime(args):
 
     if getattr(args, "threads", None):
         torch.set_num_threads(args.threads)
+        limit_blas_threads(args.threads)
     return resolve_device(getattr(args, "device", None))
+
+
+def limit_blas_threads(n: int) -> None:
+    """Cap numpy's BLAS (OpenBLAS/MKL) threads as ``--threads`` caps torch's: the metrics' matrix
+    products otherwise start one spinning thread per core and run 10–20× slower on a busy machine."""
+    from threadpoolctl import threadpool_limits
+
+    threadpool_limits(limits=int(n))
 
 
 def show_progress(args, is_main: bool = True) -> bool:
@@ -140,6 +163,10 @@ def _option_arg(text: str) -> tuple[str, str]:
     return name.strip(), value.strip()
 
 
+GUIDANCE_HELP = ("classifier-free guidance w >= 0 of Ho & Salimans: (1+w)·eps(x,c) - w·eps(x,null); "
+                 "w = diffusers' guidance_scale - 1 (w = 0: the conditional model alone)")
+
+
 def add_sampler_args(p, *, classes: bool = True) -> None:
     """The sampler options; every default is "the checkpoint's own" (its ``config.sampling``)."""
     from ddpm.sampling.registry import sampler_names
@@ -147,6 +174,9 @@ def add_sampler_args(p, *, classes: bool = True) -> None:
     g = p.add_argument_group("sampler (defaults: the checkpoint's; see docs/sampling.md)")
     g.add_argument("--sampler", choices=sampler_names(),
                    help="ddpm = ancestral (Algorithm 2); ddim = DDIM with --eta; others: docs/sampling.md")
+    g.add_argument("--fast", action="store_true",
+                   help="the measured fast sampler (ddpm.sampling.FAST_SAMPLER, docs/sampling.md) instead of "
+                        "the checkpoint's default; --steps/--spacing/--option still override it")
     g.add_argument("--steps", type=positive_int, help="network steps (default: all T of the model)")
     g.add_argument("--spacing", help="which timesteps K steps visit (ddpm/ddim: uniform, quadratic, even, trailing; "
                         "each sampler lists its own in docs/sampling.md)")
@@ -154,9 +184,7 @@ def add_sampler_args(p, *, classes: bool = True) -> None:
     g.add_argument("--eta", type=finite_float(), help="DDIM's eta in [0, 1] (ddim only; default 0)")
     g.add_argument("--option", dest="sampler_options", action="append", type=_option_arg, default=[],
                    metavar="NAME=VALUE", help="a sampler option (repeatable), e.g. --option eta=0.5")
-    g.add_argument("--guidance", type=finite_float(),
-                   help="classifier-free guidance w >= 0 (Ho & Salimans: (1+w)·eps(x,c) - w·eps(x,null); "
-                        "diffusers' guidance_scale is 1+w); needs --class")
+    g.add_argument("--guidance", type=finite_float(), help=GUIDANCE_HELP + "; needs --class")
     g.add_argument("--clip", dest="clip_denoised", action=argparse.BooleanOptionalAction, default=None,
                    help="clip x̂0 to [-1, 1] in every step (default: yes, as the authors)")
     if classes:
@@ -172,6 +200,12 @@ def sampler_config_from_args(args, base=None):
     options = dict(getattr(args, "sampler_options", []) or [])
     if getattr(args, "eta", None) is not None:
         options["eta"] = args.eta
+    if getattr(args, "fast", False):
+        from ddpm.sampling.api import FAST_SAMPLER
+
+        if getattr(args, "sampler", None) is not None:
+            raise ConfigError("--fast picks the sampler itself; drop --sampler (or --fast)")
+        base = FAST_SAMPLER
     cfg = base
     if getattr(args, "sampler", None) is not None and (base is None or args.sampler != base.sampler):
         cfg = args.sampler  # another sampler: start from its defaults, not the checkpoint's options
@@ -208,32 +242,45 @@ def classifier_from_args(args, diffusion, device):
         not args.model_null_label
 
 
-def class_labels_from_args(args, num_classes: int | None, n: int):
-    """``--class`` as generate's ``class_labels`` (an int, a list, or None), checked against the model."""
+def class_labels_from_args(args, num_classes: int | None, n: int, first_index: int = 0):
+    """``--class`` as generate's ``class_labels`` (an int, a list, or None), checked against the model;
+    with ``all``, image i (counted from ``first_index``) gets label i % num_classes."""
     label = getattr(args, "class_label", None)
     if label is None:
         return None
     if num_classes is None:
         raise ConfigError("--class needs a class-conditional model; this checkpoint is unconditional")
     if label == "all":
-        return [i % num_classes for i in range(n)]
+        return [(first_index + i) % num_classes for i in range(n)]
     if not 0 <= label < num_classes:
         raise ConfigError(f"--class must be in 0..{num_classes - 1} for this model, got {label}")
     return label
 
 
 # ----------------------------------------------------------------------------------------- outputs
-def check_output(path: str, *, is_dir: bool = False) -> Path:
-    """Fail before computing (which may take minutes) when an output cannot be written."""
-    p = Path(path)
-    if not is_dir and p.is_dir():
-        raise UserError(f"output {p} is a directory; give a file name")
-    if is_dir and p.exists() and not p.is_dir():
-        raise UserError(f"output directory {p} exists and is not a directory")
-    parent = p if is_dir else (p.parent if str(p.parent) else Path("."))
-    probe = parent
-    while not probe.exists():
-        probe = probe.parent
-    if not probe.is_dir() or not os.access(probe, os.W_OK):
-        raise UserError(f"cannot write {p}: {probe} is not a writable directory")
-    return p
+def add_overwrite_arg(p, what: str = "output files") -> None:
+    p.add_argument("--overwrite", action="store_true",
+                   help=f"replace existing {what} (default: refuse, so nothing is replaced silently)")
+
+
+def check_output(path: str, *, is_dir: bool = False, kind: str | None = None, overwrite: bool = False,
+                 flag: str | None = None, may_exist: bool = False) -> Path:
+    """Fail before computing (which may take minutes) when an output cannot or may not be written:
+    see :func:`ddpm.outputs.check_output`."""
+    from ddpm.outputs import check_output as check
+
+    return check(path, is_dir=is_dir, kind=kind, overwrite=overwrite, flag=flag, may_exist=may_exist)
+
+
+def check_memory(model_config, num_images: int, batch_size: int, sampler, device) -> None:
+    """Refuse, before allocating, a sampling run that cannot fit (see :mod:`ddpm.sampling.memory`)."""
+    from ddpm.sampling.memory import check_sampling_memory
+
+    guided = bool(getattr(sampler, "guidance", 0))
+    check_sampling_memory(model_config, num_images, batch_size, guidance=guided, device=device)
+
+
+def summary(what: str, seconds: float, outputs) -> str:
+    """The one line every producing command ends with: what was run, how long it took, where it went."""
+    where = ", ".join(str(o) for o in outputs if o)
+    return f"{what} in {seconds:.1f} s" + (f" -> {where}" if where else "")

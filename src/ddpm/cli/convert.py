@@ -2,18 +2,26 @@
 
 Thin layer over :mod:`ddpm.models.convert_tf` and :mod:`ddpm.models.convert_diffusers`; the
 checkpoint written is an ordinary ddpm checkpoint directory (``ddpm sample --ckpt OUT`` works).
-See ``docs/network.md``.
+OUT is written whole under a temporary name and renamed into place, so a failure leaves no partial
+folder; an existing OUT is replaced only with ``--overwrite``. ``to-diffusers --push-to-hub REPO``
+then uploads the folder with ``huggingface_hub``. See ``docs/network.md``.
 """
 
 from __future__ import annotations
 
 import argparse
+import time
 from dataclasses import replace
 from pathlib import Path
 
 from ddpm.cli import common
 from ddpm.config import Config, DiffusionConfig
 from ddpm.errors import CheckpointError
+
+
+def _overwrite(q) -> None:
+    q.add_argument("--overwrite", "--force", dest="overwrite", action="store_true",
+                   help="replace OUT if it exists (default: refuse)")
 
 
 def add_parser(subparsers) -> None:
@@ -33,46 +41,53 @@ def add_parser(subparsers) -> None:
                    help="variance (default: the preset's; without a preset fixedlarge, or learned when the "
                         "network outputs twice the image channels)")
     q.add_argument("--raw", action="store_true", help="take the raw variables instead of their EMA shadows")
-    q.add_argument("--force", action="store_true", help="overwrite OUT if it exists")
+    _overwrite(q)
     q.set_defaults(func=run_tf)
 
     q = sub.add_parser("diffusers", help="a diffusers UNet2DModel folder (e.g. google/ddpm-cifar10-32)")
     q.add_argument("src", help="folder with config.json + diffusion_pytorch_model.safetensors|.bin "
-                               "(or unet/ and scheduler/ subfolders)")
+                               "(or unet/ and scheduler/ subfolders), or a Hub id org/name[@revision]")
     q.add_argument("out", help="checkpoint directory to write")
     q.add_argument("--var-type", choices=("fixedlarge", "fixedsmall"),
                    help="sampling variance (default: the scheduler config's variance_type)")
-    q.add_argument("--force", action="store_true", help="overwrite OUT if it exists")
+    _overwrite(q)
     q.set_defaults(func=run_diffusers)
 
     q = sub.add_parser("to-diffusers", help="export a ddpm checkpoint as a diffusers folder (unet/ + scheduler/)")
-    q.add_argument("src", help="run dir, checkpoint dir or .safetensors file")
-    q.add_argument("out", help="folder to write")
+    q.add_argument("src", help="run dir, checkpoint dir, .safetensors file or Hub id")
+    q.add_argument("out", help="folder to write (a DDPMPipeline folder: model_index.json, unet/, scheduler/)")
     q.add_argument("--raw", action="store_true", help="export the raw instead of the EMA weights")
-    q.add_argument("--force", action="store_true", help="overwrite OUT if it exists")
+    q.add_argument("--push-to-hub", metavar="REPO",
+                   help="then upload OUT to the Hugging Face Hub repository org/name (created if missing; "
+                        "needs huggingface_hub and a login: `huggingface-cli login` or HF_TOKEN)")
+    q.add_argument("--private", action="store_true", help="with --push-to-hub: create the repository as private")
+    _overwrite(q)
     q.set_defaults(func=run_to_diffusers)
 
 
-def _check_out(out: str, force: bool) -> Path:
-    path = Path(out)
-    if path.exists() and (not path.is_dir() or any(path.iterdir())) and not force:
-        raise CheckpointError(f"{path} already exists; choose another OUT or pass --force to overwrite it")
+def _check_out(out: str, overwrite: bool) -> Path:
+    path = common.check_output(out, is_dir=True)
+    if path.exists() and any(path.iterdir()) and not overwrite:
+        raise CheckpointError(f"{path} already exists; choose another OUT or pass --overwrite to replace it")
     return path
 
 
 def run_tf(args: argparse.Namespace) -> int:
-    from ddpm.models.convert_tf import convert_tf_state_dict, has_ema, infer_unet_config, read_tf_checkpoint
     from ddpm.checkpoint import save_checkpoint
+    from ddpm.models.convert_tf import convert_tf_state_dict, has_ema, infer_unet_config, read_tf_checkpoint, tf_step
 
-    out = _check_out(args.out, args.force)
+    t0 = time.perf_counter()
+    out = _check_out(args.out, args.overwrite)
     if args.preset is None and args.resolution is None:
         raise CheckpointError("give --preset (e.g. cifar10) or --resolution (e.g. 32) for the TF weights")
+    if args.preset is not None:
+        from ddpm.presets import get_preset
+
+        get_preset(args.preset)  # an unknown name fails before the (large) file is read
     arrays = read_tf_checkpoint(args.src)
     ema = False if args.raw else None
     use_ema = has_ema(arrays) and not args.raw
     if args.preset is not None:
-        from ddpm.presets import get_preset
-
         cfg = get_preset(args.preset)
     else:
         model_cfg = infer_unet_config(arrays, args.resolution, ema=use_ema)
@@ -82,38 +97,57 @@ def run_tf(args: argparse.Namespace) -> int:
         cfg = Config.for_network(model_cfg, DiffusionConfig(var_type=var_type, loss_type="kl" if learned else "mse"))
     if args.var_type and args.preset is not None:
         cfg = replace(cfg, diffusion=replace(cfg.diffusion, var_type=args.var_type))
+    cfg = replace(cfg, imported_from=f"TF checkpoint {args.src}")
     state = convert_tf_state_dict(arrays, cfg.model, ema=ema)
-    step = int(arrays["global_step"]) if "global_step" in arrays else 0
+    step = tf_step(arrays)
     weights = {"ema_state": state} if use_ema else {"model_state": state}
     save_checkpoint(out, config=cfg, step=step, **weights)
     n = sum(v.numel() for v in state.values())
-    print(f"wrote {out} ({n:,} parameters, {'EMA' if use_ema else 'raw'} weights, step {step}, "
-          f"var_type {cfg.diffusion.var_type})")
+    print(common.summary(f"converted {args.src} ({n:,} parameters, {'EMA' if use_ema else 'raw'} weights, step "
+                         f"{step}, var_type {cfg.diffusion.var_type})", time.perf_counter() - t0, [out]))
     return 0
 
 
 def run_diffusers(args: argparse.Namespace) -> int:
-    from ddpm.models.convert_diffusers import load_diffusers_folder
+    from ddpm import hub
     from ddpm.checkpoint import save_checkpoint
+    from ddpm.models.convert_diffusers import load_diffusers_folder
 
-    out = _check_out(args.out, args.force)
-    model, diffusion = load_diffusers_folder(args.src)
+    t0 = time.perf_counter()
+    out = _check_out(args.out, args.overwrite)
+    model, diffusion = load_diffusers_folder(hub.resolve(args.src))
     if args.var_type:
         diffusion.var_type = args.var_type
-    cfg = Config.for_network(model.config, diffusion)
+    cfg = Config.for_network(model.config, diffusion, imported_from=f"diffusers folder {args.src}")
     # The published diffusers DDPM weights are the authors' EMA weights: store them as such.
     save_checkpoint(out, config=cfg, step=0, ema_state=model.state_dict())
     n = sum(p.numel() for p in model.parameters())
-    print(f"wrote {out} ({n:,} parameters, var_type {diffusion.var_type}, T={diffusion.num_timesteps})")
+    print(common.summary(f"converted {args.src} ({n:,} parameters, var_type {diffusion.var_type}, "
+                         f"T={diffusion.num_timesteps})", time.perf_counter() - t0, [out]))
     return 0
 
 
 def run_to_diffusers(args: argparse.Namespace) -> int:
-    from ddpm.models.convert_diffusers import save_diffusers_folder
     from ddpm.checkpoint import load_checkpoint
+    from ddpm.models.convert_diffusers import diffusers_kwargs_for, save_diffusers_folder
+    from ddpm.outputs import atomic_dir
 
-    out = _check_out(args.out, args.force)
+    t0 = time.perf_counter()
+    out = _check_out(args.out, args.overwrite)
+    if args.push_to_hub:
+        from ddpm import hub
+
+        hub.check_repo_id(args.push_to_hub)
     ckpt = load_checkpoint(args.src, use_ema=not args.raw)
-    save_diffusers_folder(ckpt.model, ckpt.config.diffusion, out)
-    print(f"wrote {out}/unet and {out}/scheduler")
+    diffusers_kwargs_for(ckpt.model.config)  # an unexportable network fails before anything is written
+    with atomic_dir(out, overwrite=args.overwrite) as tmp:
+        save_diffusers_folder(ckpt.model, ckpt.config.diffusion, tmp)
+    url = None
+    if args.push_to_hub:
+        from ddpm import hub
+
+        url = hub.upload(out, args.push_to_hub, private=args.private,
+                         message=f"ddpm export of {args.src} (step {ckpt.step}, {ckpt.weights} weights)")
+    print(common.summary(f"exported {args.src} (step {ckpt.step}, {ckpt.weights} weights) as a diffusers "
+                         "DDPMPipeline folder", time.perf_counter() - t0, [out, url]))
     return 0

@@ -21,7 +21,8 @@ def _shared(q) -> None:
     q.add_argument("--teacher", required=True, help="the teacher: run dir, checkpoint dir or weights file")
     q.add_argument("--run-dir", required=True, help="directory of the student run(s); rerun to resume")
     q.add_argument("--guidance", type=common.finite_float(0.0), default=0.0,
-                   help="distil the teacher with classifier-free guidance w (fixed; the student samples at 0)")
+                   help="distil the teacher with classifier-free guidance w, fixed (the student samples at 0); "
+                        + common.GUIDANCE_HELP)
     q.add_argument("--batch-size", type=common.positive_int, help="sets train.batch_size (default: the teacher's)")
     q.add_argument("--lr", type=common.finite_float(0.0), help="sets train.lr (default 2e-4)")
     q.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.FIELD=VALUE",

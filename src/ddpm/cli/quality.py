@@ -7,8 +7,7 @@ Thin layer over :mod:`ddpm.evaluate.quality` and :mod:`ddpm.evaluate.sweep`; the
 from __future__ import annotations
 
 import argparse
-import json
-from pathlib import Path
+import time
 
 from ddpm.cli import common
 from ddpm.errors import ConfigError
@@ -50,11 +49,20 @@ def _shared(q, *, n_default: int) -> None:
     q.add_argument("--class", dest="classes", type=_classes, default="all", metavar="all|null|C",
                    help="requested classes of a conditional model: all (image i gets i %% 10, default; "
                         "scores accuracy), null (unconditional samples) or one class")
-    q.add_argument("--features", default="digits", choices=("digits",),
-                   help="feature network (digits: the shipped 28×28 digits classifier)")
+    q.add_argument("--features", default="digits", choices=("digits", "inception"),
+                   help="feature network: digits (the shipped digits classifier, offline; default) or "
+                        "inception (the FID network, for RGB data; needs its weights, see --inception)")
+    q.add_argument("--inception", help="--features inception: path to pt_inception-2015-12-05-6726825d.pth "
+                                       "(else $DDPM_INCEPTION_WEIGHTS, else ~/.cache/ddpm, downloading)")
+    q.add_argument("--ref", help="--features inception: real images to compare with — a dataset name, image "
+                                 "folder or .npz (default: the checkpoint's training data)")
+    q.add_argument("--ref-split", default="train", choices=("train", "test"),
+                   help="--features inception: dataset split of --ref (default train)")
+    q.add_argument("--ref-num", type=common.positive_int, default=10_000,
+                   help="--features inception: reference images to use (default 10000)")
     q.add_argument("--batch-size", type=common.positive_int, default=100, help="sampling batch size (default 100)")
-    q.add_argument("--seed", type=common.non_negative_int, default=0,
-                   help="image i depends only on (seed, i) (default 0)")
+    q.add_argument("--seed", type=common.seed, default=0,
+                   help="image i depends only on (seed, i); 0 <= seed < 2**63 (default 0)")
     q.add_argument("--raw", action="store_true", help="sample with the raw instead of the EMA weights")
     common.add_runtime_args(q)
     common.add_speed_args(q)
@@ -67,6 +75,7 @@ def add_parsers(sub) -> None:
     common.add_sampler_args(q, classes=False)
     common.add_classifier_args(q)
     q.add_argument("--json", help="write the scores (and the real-vs-real floor) to this JSON file")
+    common.add_overwrite_arg(q, "--json file")
     q.set_defaults(func=run_quality)
 
     q = sub.add_parser("sweep", help="quality against cost over samplers × steps × guidance (resumable)",
@@ -76,10 +85,17 @@ def add_parsers(sub) -> None:
                    help="comma list of samplers with options after ':', e.g. ddpm,ddim:eta=0,ddim:eta=1")
     q.add_argument("--steps", type=_ints, required=True, help="comma list of step counts, e.g. 10,20,50,1000")
     q.add_argument("--spacing", help="timestep spacing for every setting (default: each sampler's own)")
-    q.add_argument("--guidance", type=_floats, default=[0.0], help="comma list of guidance weights w (default 0)")
+    q.add_argument("--clip", dest="clip_denoised", action=argparse.BooleanOptionalAction, default=None,
+                   help="clip x̂0 to [-1, 1] in every step, for every setting (default: each setting's own, yes)")
+    q.add_argument("--guidance", type=_floats, default=[0.0],
+                   help="comma list of guidance weights w >= 0 (default 0); " + common.GUIDANCE_HELP)
     common.add_classifier_args(q, scale_type=_floats)
-    q.add_argument("--json", required=True, help="the sweep's table; rows already in it are kept, not re-run")
-    q.add_argument("--plot", help="write FD vs NFE and vs seconds to this PNG")
+    q.add_argument("--json", required=True, help="the sweep's table; rows already in it are kept, not re-run "
+                                                 "(the table is updated in place, atomically)")
+    q.add_argument("--plot", help="write FD vs NFE and vs seconds to this PNG (redrawn from the table on "
+                                  "every run, like the table itself)")
+    q.add_argument("--markdown", help="write the whole table (every row of --json, and the floor) as Markdown "
+                                      "(redrawn on every run)")
     q.set_defaults(func=run_sweep)
 
     q = sub.add_parser("classifier", help="a noisy classifier's held-out accuracy at each noise level",
@@ -91,54 +107,74 @@ def add_parsers(sub) -> None:
                    help="comma list of code-timestep ranges (default 0-0,0-99,100-299,300-599,600-999)")
     q.add_argument("--split", default="test", choices=("train", "test"), help="default: test (held out)")
     q.add_argument("--draws", type=common.positive_int, default=1, help="(t, eps) draws per image (default 1)")
-    q.add_argument("--seed", type=common.non_negative_int, default=0, help="seed of the t and eps draws")
+    q.add_argument("--seed", type=common.seed, default=0, help="seed of the t and eps draws")
     q.add_argument("--batch-size", type=common.positive_int, default=250, help="default 250")
     q.add_argument("--json", help="write the rows to this JSON file")
+    common.add_overwrite_arg(q, "--json file")
     common.add_runtime_args(q)
     q.set_defaults(func=run_classifier)
 
 
 def _load(args):
+    """(checkpoint, device, instrument): the instrument is checked against the model before sampling."""
     from ddpm.checkpoint import load_checkpoint
-    from ddpm.evaluate.sweep import check_digits_shaped
+    from ddpm.evaluate.sweep import instrument_for
 
     device = common.setup_runtime(args)
     ck = load_checkpoint(args.ckpt, use_ema=not args.raw, device=device)
-    check_digits_shaped(ck.config)
-    return ck, device
+    if args.features == "digits":
+        return ck, device, instrument_for(ck.config)
+    from ddpm.evaluate.inception import load_inception
+    from ddpm.evaluate.inputs import eval_images
+
+    net = load_inception(args.inception, device=device)  # a missing weights file fails before sampling
+    x, _, desc = eval_images(args.ref, ck.config, split=args.ref_split, num=args.ref_num)
+    if str(args.inception) == "random":
+        desc += " (RANDOM Inception weights: a pipeline check, not a score)"
+    return ck, device, instrument_for(ck.config, "inception", inception=net, ref_images=x, ref_desc=desc)
 
 
 def run_quality(args: argparse.Namespace) -> int:
     from ddpm.evaluate.sweep import format_floor, format_row, measure
+    from ddpm.outputs import ensure_parent, provenance, write_json
 
+    t0 = time.perf_counter()
     if args.json:
-        common.check_output(args.json)
-    ck, device = _load(args)
+        common.check_output(args.json, overwrite=args.overwrite, flag="--json")
+    ck, device, instrument = _load(args)
     sampler = common.sampler_config_from_args(args, ck.config.sampling)
     classifier, scale, condition_model = common.classifier_from_args(args, ck.diffusion, device)
+    common.check_memory(ck.config.model, args.num, args.batch_size, sampler, device)
     row = measure(ck, sampler, n=args.num, classes=args.classes, seed=args.seed, batch_size=args.batch_size,
                   device=device, progress=common.show_progress(args), fast=common.fast_path_from_args(args, device),
-                  classifier=classifier, classifier_scale=scale, condition_model=condition_model,
-                  classifier_path=args.classifier)
+                  instrument=instrument, classifier=classifier, classifier_scale=scale,
+                  condition_model=condition_model, classifier_path=args.classifier)
+    print(f"features: {instrument.describe()}")
     print(format_row(row))
     if "floor" in row:
         print(format_floor(row["floor"], args.num))
     if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(row, indent=1) + "\n")
-        print(f"wrote {args.json}")
+        ensure_parent(common.check_output(args.json, overwrite=args.overwrite, flag="--json"))
+        write_json(args.json, {**row, "provenance": provenance(checkpoint=ck, source=args.ckpt, sampler=sampler,
+                                                               seed=args.seed, classes=args.classes,
+                                                               timings={"total": time.perf_counter() - t0})})
+    print(common.summary(f"measured {args.num} images of {args.ckpt} (step {ck.step}) [{row['describe']}]",
+                         time.perf_counter() - t0, [args.json]))
     return 0
 
 
 def run_sweep(args: argparse.Namespace) -> int:
-    from ddpm.evaluate.quality import real_floor
+    from ddpm.evaluate.quality import floor_of
     from ddpm.evaluate.sweep import format_floor, parse_samplers, plot_sweep, run_sweep, sampler_configs
     from ddpm.sampling.registry import resolve_sampler
 
-    common.check_output(args.json)
+    t0 = time.perf_counter()
+    common.check_output(args.json, kind="json", may_exist=True, flag="--json")
     if args.plot:
-        common.check_output(args.plot)
-    ck, device = _load(args)
+        common.check_output(args.plot, kind="plot", may_exist=True, flag="--plot")
+    if args.markdown:
+        common.check_output(args.markdown, may_exist=True, flag="--markdown")
+    ck, device, instrument = _load(args)
     scales = args.classifier_scale
     args.classifier_scale = None  # a list here: checked and used below, not by classifier_from_args
     classifier, _, condition_model = common.classifier_from_args(args, ck.diffusion, device)
@@ -147,7 +183,7 @@ def run_sweep(args: argparse.Namespace) -> int:
     if scales is not None and min(scales) < 0:
         raise ConfigError(f"--classifier-scale values must be ≥ 0, got {scales}")
     configs = sampler_configs(ck.config.sampling, parse_samplers(args.samplers), args.steps, args.guidance,
-                              args.spacing)
+                              args.spacing, args.clip_denoised)
     cond = ck.config.model.num_classes is not None and args.classes != "null" and condition_model
     for cfg in configs:  # every setting checked before the first image is drawn
         resolve_sampler(cfg, ck.diffusion.num_timesteps, num_classes=ck.config.model.num_classes, labels=cond)
@@ -155,15 +191,22 @@ def run_sweep(args: argparse.Namespace) -> int:
     print(f"{n_settings} settings × {args.num} images on {device}; table: {args.json}")
     rows = run_sweep(ck, configs, n=args.num, json_path=args.json, classes=args.classes, seed=args.seed,
                      batch_size=args.batch_size, device=device, progress=common.show_progress(args),
-                     fast=common.fast_path_from_args(args, device), classifier=classifier,
+                     fast=common.fast_path_from_args(args, device), instrument=instrument, classifier=classifier,
                      classifier_scales=scales or [1.0], condition_model=condition_model,
                      classifier_path=args.classifier)
-    floor = real_floor(args.num) if args.num <= 2500 else None
+    floor = floor_of(instrument, args.num) if args.num <= len(instrument.reference()[0]) // 2 else None
     if floor:
         print(format_floor(floor, args.num))
     if args.plot:
-        plot_sweep(rows, args.plot, floor=floor, title=f"{ck.path} — n = {args.num} per point")
-        print(f"wrote {args.plot}")
+        plot_sweep(rows, args.plot, floor=floor,
+                   title=f"{ck.path} — n = {args.num} per point, {instrument.describe()} features")
+    if args.markdown:
+        from ddpm.evaluate.sweep import markdown_table
+        from ddpm.outputs import write_text
+
+        write_text(args.markdown, markdown_table(rows, {"n": args.num, **floor} if floor else None))
+    print(common.summary(f"swept {len(configs)} settings x {args.num} images of {args.ckpt} (step {ck.step})",
+                         time.perf_counter() - t0, [args.json, args.plot, args.markdown]))
     return 0
 
 
@@ -175,9 +218,11 @@ def run_classifier(args: argparse.Namespace) -> int:
     from ddpm.checkpoint import load_checkpoint
     from ddpm.data import load_dataset
     from ddpm.evaluate.noisy_classifier import accuracy_by_noise, format_rows, parse_ranges
+    from ddpm.outputs import ensure_parent, provenance, write_json
 
+    t0 = time.perf_counter()
     if args.json:
-        common.check_output(args.json)
+        common.check_output(args.json, overwrite=args.overwrite, flag="--json")
     device = common.setup_runtime(args)
     ck = load_checkpoint(args.ckpt, device=device)
     if getattr(ck.config.model, "arch", None) != "classifier":
@@ -191,8 +236,10 @@ def run_classifier(args: argparse.Namespace) -> int:
     print(f"{args.ckpt} on {len(images)} {args.split} images of {ck.config.data.source}:")
     print(format_rows(rows))
     if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps({"checkpoint": str(ck.path), "step": ck.step, "split": args.split,
-                                               "rows": rows}, indent=1) + "\n")
-        print(f"wrote {args.json}")
+        ensure_parent(common.check_output(args.json, overwrite=args.overwrite, flag="--json"))
+        write_json(args.json, {"checkpoint": str(ck.path), "step": ck.step, "split": args.split, "rows": rows,
+                               "provenance": provenance(checkpoint=ck, source=args.ckpt, seed=args.seed,
+                                                        timings={"total": time.perf_counter() - t0})})
+    print(common.summary(f"measured the classifier {args.ckpt} (step {ck.step}) on {len(images)} images",
+                         time.perf_counter() - t0, [args.json]))
     return 0

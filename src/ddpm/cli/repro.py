@@ -1,9 +1,13 @@
 """``ddpm repro TARGET --scale tiny|paper``: train, evaluate and plot one table or figure of the paper and
-write a Markdown report with the paper's numbers beside ours. Thin layer over :mod:`ddpm.repro`."""
+write a Markdown report with the paper's numbers beside ours. Thin layer over :mod:`ddpm.repro`.
+
+``--out`` is a resumable work folder: rerunning reuses its trained models and finished NLL chunks and
+replaces its report, results and figures (each written atomically)."""
 
 from __future__ import annotations
 
 import argparse
+import time
 
 from ddpm.cli import common
 
@@ -30,9 +34,12 @@ def add_parser(subparsers) -> None:
 def run(args: argparse.Namespace) -> int:
     from ddpm.repro import run_repro
 
+    t0 = time.perf_counter()
+    out = args.out or f"repro/{args.target}-{args.scale}"
+    common.check_output(out, is_dir=True, flag="--out")
     common.setup_runtime(args)
     report = run_repro(args.target, args.scale, out=args.out, data=args.data, ckpt=args.ckpt,
                        inception=args.inception, device=args.device, steps=args.steps,
                        progress=common.show_progress(args))
-    print(f"report: {report}")
+    print(common.summary(f"reproduced {args.target} at {args.scale} scale", time.perf_counter() - t0, [report]))
     return 0

@@ -94,7 +94,7 @@ def load_cifar10(path: str | None, split: str = "train", *, download: bool = Fal
         target = root if root.suffix == ".gz" else root / TARBALL
         manual = f"download {TARBALL} from {URL} and put it at {target} or pass --data PATH"
         if not download:
-            raise DataError(f"CIFAR-10 not found at {root}: {manual} (or --set data.download=true to fetch it)")
+            raise DataError(f"CIFAR-10 not found at {root}: {manual} (or let ddpm fetch it: --download on ddpm eval, --set data.download=true on ddpm train)")
         source = fetch(URL, target, MD5, what="CIFAR-10", manual=manual)
     names = BATCHES[split] + ["batches.meta"]
     raw = _read_members(source, names)

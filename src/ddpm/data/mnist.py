@@ -80,7 +80,7 @@ def load_mnist(path: str | None, split: str = "train", *, download: bool = False
             gz = stem + ".gz"
             manual = f"download {gz} from {MIRRORS[0]}{gz} and put it in {root} or pass --data PATH"
             if not download:
-                raise DataError(f"MNIST file {stem}[.gz] not found in {root}: {manual} (or --set data.download=true to fetch it)")
+                raise DataError(f"MNIST file {stem}[.gz] not found in {root}: {manual} (or let ddpm fetch it: --download on ddpm eval, --set data.download=true on ddpm train)")
             file = fetch([m + gz for m in MIRRORS], root / gz, MD5[gz], what=f"MNIST {gz}", manual=manual)
         found.append(file)
     images = parse_idx(found[0].read_bytes(), str(found[0]))

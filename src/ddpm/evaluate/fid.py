@@ -28,9 +28,12 @@ class InceptionStats:
 
     def save(self, path: str | os.PathLike) -> Path:
         """Write ``mu``, ``sigma`` (and ``num``) as .npz, the layout TTUR/pytorch-fid read."""
+        from ddpm.outputs import atomic_write
+
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        np.savez(path, mu=self.mu, sigma=self.sigma, num=np.int64(self.num))
+        with atomic_write(path) as f:
+            np.savez(f, mu=self.mu, sigma=self.sigma, num=np.int64(self.num))
         return path
 
     @classmethod
@@ -38,11 +41,13 @@ class InceptionStats:
         path = Path(path)
         if not path.is_file():
             raise DataError(f"reference statistics {path} not found; compute them with `ddpm eval fid-stats`")
-        with np.load(path) as f:
-            if "mu" not in f or "sigma" not in f:
-                raise DataError(f"{path} has no 'mu'/'sigma' arrays; is it a statistics file?")
-            num = int(f["num"]) if "num" in f else -1
-            return cls(f["mu"].astype(np.float64), f["sigma"].astype(np.float64), num)
+        from ddpm.images import read_npz
+
+        f = read_npz(path)
+        if "mu" not in f or "sigma" not in f:
+            raise DataError(f"{path} has no 'mu'/'sigma' arrays; is it a statistics file?")
+        num = int(f["num"]) if "num" in f else -1
+        return cls(np.asarray(f["mu"], np.float64), np.asarray(f["sigma"], np.float64), num)
 
 
 def feature_statistics(features: np.ndarray) -> InceptionStats:
@@ -166,12 +171,15 @@ def load_images(path: str | os.PathLike, num: int | None = None) -> np.ndarray:
             raise DataError(f"images in {path} differ in size; resize them to one size first")
         return as_uint8_images(np.stack(arrays))
     if path.suffix == ".npz" and path.is_file():
-        with np.load(path) as f:
-            keys = list(f.keys())
-            key = "arr_0" if "arr_0" in keys else (keys[0] if len(keys) == 1 else None)
-            if key is None:
-                raise DataError(f"{path} has arrays {keys}; expected 'arr_0' (uint8 NHWC images)")
-            a = f[key][:num] if num else f[key]
+        from ddpm.images import read_npz
+        from ddpm.outputs import NPZ_KEY
+
+        arrays = read_npz(path)
+        keys = [k for k in arrays if k not in (NPZ_KEY, "labels")]  # ddpm sample's extra keys
+        key = "arr_0" if "arr_0" in keys else (keys[0] if len(keys) == 1 else None)
+        if key is None:
+            raise DataError(f"{path} has arrays {keys}; expected 'arr_0' (uint8 NHWC images)")
+        a = arrays[key][:num] if num else arrays[key]
         if a.dtype != np.uint8 and a.ndim == 4 and a.shape[-1] in (1, 3) and a.shape[1] not in (1, 3):
             a = np.transpose(a, (0, 3, 1, 2))  # float NHWC -> NCHW for to_uint8
         return as_uint8_images(a)
@@ -191,21 +199,24 @@ def fid_from_images(net, images, reference: InceptionStats, **kw) -> float:
 
 def reference_statistics(net, source: str | os.PathLike, *, num: int | None = None, split: str = "train",
                          resolution: int | None = None, channels: int | None = None, batch_size: int = 50,
-                         device=None, progress: bool = False) -> InceptionStats:
+                         device=None, progress: bool = False, download: bool = False) -> InceptionStats:
     """Reference statistics from a stats .npz (``mu``/``sigma``), an image .npz/folder, or a dataset
     name understood by :func:`ddpm.data.load_tensor` (``cifar10``, ``digits``, ``mnist``, ...), at
-    ``resolution``/``channels`` (those of the samples, so both sides see the same pixels)."""
+    ``resolution``/``channels`` (those of the samples, so both sides see the same pixels);
+    ``download`` fetches a named dataset that is not found (checksum-verified)."""
     p = Path(source)
     if p.suffix == ".npz" and p.is_file():
-        with np.load(p) as f:
-            if "mu" in f and "sigma" in f:
-                return InceptionStats.load(p)
+        from ddpm.images import read_npz
+
+        f = read_npz(p)
+        if "mu" in f and "sigma" in f:
+            return InceptionStats.load(p)
     if p.exists():
         return compute_statistics(net, load_images(p, num), batch_size, device, progress)
     from ddpm.config import DataConfig
     from ddpm.data import load_tensor
 
-    cfg = DataConfig(source=str(source), split=split)
+    cfg = DataConfig(source=str(source), split=split, download=bool(download))
     if resolution:
         cfg.resolution = resolution
     if channels:

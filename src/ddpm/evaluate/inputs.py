@@ -11,7 +11,8 @@ from ddpm.config import Config, DataConfig
 from ddpm.errors import DataError
 
 
-def data_config_for(spec: str | None, config: Config, split: str | None = None) -> DataConfig:
+def data_config_for(spec: str | None, config: Config, split: str | None = None, *,
+                    download: bool = False) -> DataConfig:
     """The DataConfig named by ``spec``: None -> the checkpoint's training data; a source name
     (``digits``, ``cifar10``, ``mnist``) -> that dataset; a folder -> its images. Resolution and
     channels always follow the network."""
@@ -28,16 +29,19 @@ def data_config_for(spec: str | None, config: Config, split: str | None = None) 
         raise DataError(f"--data {spec!r} is neither a dataset name ({', '.join(s for s in SOURCES if s != 'folder')}),"
                         " a folder of images nor an .npz of images")
     cfg.resolution, cfg.channels = config.model.resolution, config.model.in_channels
+    if download:
+        cfg.download = True
     if split is not None:
         cfg.split = split
     return cfg
 
 
-def eval_images(spec: str | None, config: Config, *, split: str = "test", num: int | None = None
-                ) -> tuple[torch.Tensor, torch.Tensor | None, str]:
+def eval_images(spec: str | None, config: Config, *, split: str = "test", num: int | None = None,
+                download: bool = False) -> tuple[torch.Tensor, torch.Tensor | None, str]:
     """(images float NCHW in [−1, 1], labels or None, a description) for ``--data spec``; an .npz of
     uint8 NHWC images (``arr_0``) is also accepted. The first ``num`` (npz) or a fixed random subset
-    of ``num`` (datasets, seed 0)."""
+    of ``num`` (datasets, seed 0). ``download``: fetch a named dataset (cifar10, mnist) when it is
+    not found (checksum-verified), as ``data.download`` does for training."""
     if spec is not None and spec.endswith(".npz"):
         from ddpm.evaluate.fid import load_images
         from ddpm.images import from_uint8
@@ -49,7 +53,7 @@ def eval_images(spec: str | None, config: Config, *, split: str = "test", num: i
         return x, None, spec
     from ddpm.data import load_tensor
 
-    cfg = data_config_for(spec, config, split)
+    cfg = data_config_for(spec, config, split, download=download)
     x, labels = load_tensor(cfg, num=num, split=split)
     name = cfg.path if cfg.source == "folder" else cfg.source
     return x, labels, f"{name}/{split}"

@@ -78,9 +78,11 @@ class BpdResult:
     def write_csv(self, path: str | os.PathLike) -> Path:
         """Per-t terms: code t, paper t, mean term (bits/dim), x̂0 MSE, x̂0 RMSE (0–255, both
         aggregations), ε MSE."""
+        from ddpm.outputs import atomic_write
+
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        with open(path, "w", newline="") as f:
+        with atomic_write(path, "w") as f:
             w = csv.writer(f)
             w.writerow(["t", "paper_t", "term_bpd", "xstart_mse", "rmse_0_255_sqrt_mean_mse",
                         "rmse_0_255_mean_per_image", "eps_mse"])
@@ -109,9 +111,15 @@ def _run_chunk(diffusion, model, x0: torch.Tensor, index: torch.Tensor, seed: in
 
 
 def _check_meta(chunk_dir: Path, meta: dict) -> None:
+    from ddpm.outputs import write_text
+
     path = chunk_dir / "meta.json"
     if path.is_file():
-        old = json.loads(path.read_text())
+        try:
+            old = json.loads(path.read_text())
+        except ValueError:
+            raise UserError(f"{path} is unreadable (not JSON); delete {chunk_dir} to start this evaluation "
+                            "afresh") from None
         if old != meta:
             diff = sorted(k for k in set(old) | set(meta) if old.get(k) != meta.get(k))
             raise UserError(
@@ -120,21 +128,24 @@ def _check_meta(chunk_dir: Path, meta: dict) -> None:
             )
     else:
         chunk_dir.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(meta, indent=2, sort_keys=True))
+        write_text(path, json.dumps(meta, indent=2, sort_keys=True))
 
 
 def _save_chunk(path: Path, res: dict[str, np.ndarray]) -> None:
-    tmp = path.with_name(path.stem + ".tmp.npz")
-    np.savez(tmp, **res)
-    os.replace(tmp, path)  # atomic: a killed run never leaves a half-written chunk behind
+    from ddpm.outputs import atomic_write
+
+    with atomic_write(path, fsync=False) as f:  # a killed run never leaves a half-written chunk behind
+        np.savez(f, **res)
 
 
 def _load_chunk(path: Path) -> dict[str, np.ndarray] | None:
+    import zipfile
+
     try:
-        with np.load(path) as f:
+        with np.load(path, allow_pickle=False) as f:
             return {k: f[k] for k in CHUNK_KEYS}
-    except (OSError, KeyError, ValueError):
-        return None  # unreadable: recompute it
+    except (OSError, KeyError, ValueError, EOFError, AttributeError, zipfile.BadZipFile):
+        return None  # unreadable (damaged on disk): recompute it
 
 
 def evaluate_bpd(
@@ -168,8 +179,28 @@ def evaluate_bpd(
         raise UserError(f"batch size must be >= 1, got {batch_size}")
     if device is None:
         device = next(model.parameters()).device
-    T = diffusion.num_timesteps
     cdir = Path(chunk_dir) if chunk_dir is not None else None
+    lock = None
+    if cdir is not None and rank == 0:
+        # one process per chunk directory: a second one would compute the same chunks and race on meta.json
+        from ddpm.lock import DirLock
+
+        try:
+            cdir.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise UserError(f"cannot create {cdir}: {e.strerror}; choose another --out") from None
+        lock = DirLock(cdir, "chunk directory").acquire()
+    try:
+        return _evaluate_chunks(model, diffusion, images, batch_size, seed, clip_denoised, labels, cdir, meta,
+                                device, rank, world_size, progress)
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _evaluate_chunks(model, diffusion, images, batch_size, seed, clip_denoised, labels, cdir, meta, device,
+                     rank, world_size, progress):
+    n, T = images.shape[0], diffusion.num_timesteps
     if cdir is not None and rank == 0:
         _check_meta(cdir, {**(meta or {}), "num_images": n, "batch_size": batch_size, "seed": seed,
                            "clip_denoised": clip_denoised, "num_timesteps": T})

@@ -11,14 +11,17 @@ against real digits, so a reader sees what "perfect" is at that n.
 - **Precision / recall** (Kynkäänniemi et al. 2019, §2, eq. 1–2): the fraction of samples inside the
   real manifold (the union of balls around each real feature with the radius of its k-th nearest
   real neighbour, k = 3), and of real images inside the samples' manifold; n real vs n generated.
-- **Accuracy**: the classifier's agreement with the requested class of a class-conditional sample,
+Features come from the digits ``features`` network, class probabilities from the ``recognizer``
+(:mod:`ddpm.evaluate.digits_classifier` says why there are two).
+
+- **Accuracy**: the recognizer's agreement with the requested class of a class-conditional sample,
   with the 10×10 confusion matrix (rows: requested, columns: recognised); ± is the binomial std.
 - **Classifier IS** (the IS of Salimans et al. 2016 with this classifier): exp E KL(p(y|x) ‖ p(y)),
   mean ± std over 10 splits; 10 is the most it can be.
 
 The reference set is all 5,000 bundled digits (the model's 4,500 training digits and the 500 held
-out); it is small enough to featurise in a second, so its statistics are computed on first use and
-kept for the process rather than shipped. The floor at size n draws n real digits and scores them
+out); its features are computed on first use (seconds) and cached on disk under a hash of the
+classifier and the data (:func:`cache_dir`), rather than shipped. The floor at size n draws n real digits and scores them
 against the remaining 5,000 − n, over several draws (mean ± std).
 
 Written with numpy rather than a metrics package: torchmetrics' FID/KID are built around a fixed
@@ -28,13 +31,15 @@ Inception pipeline and lack precision/recall, and the FD maths here is the proje
 
 from __future__ import annotations
 
+import os
 from dataclasses import asdict, dataclass, field
 from functools import lru_cache
+from pathlib import Path
 
 import numpy as np
 
 from ddpm.errors import ConfigError
-from ddpm.evaluate.fid import feature_statistics, frechet_distance, inception_score
+from ddpm.evaluate.fid import _psd_sqrt, feature_statistics, frechet_distance_to, inception_score
 
 KID_SUBSET = 1000
 KID_SUBSETS = 100
@@ -46,19 +51,36 @@ FLOOR_DRAWS = 5
 # ------------------------------------------------------------------------------------------- maths
 def fd(a: np.ndarray, b: np.ndarray) -> float:
     """Fréchet distance between Gaussians fitted to feature sets ``a`` (N, D) and ``b`` (M, D)."""
-    sa, sb = feature_statistics(a), feature_statistics(b)
-    return frechet_distance(sa.mu, sa.sigma, sb.mu, sb.sigma)
+    return _FDTo(b)(a)
+
+
+class _FDTo:
+    """FD of feature sets to one fixed reference set, with the reference's matrix square root computed
+    once (the bootstrap calls this 20 times; with 2048-d Inception features that is the whole cost)."""
+
+    def __init__(self, b: np.ndarray):
+        self.ref = feature_statistics(b)
+        self.root = None
+
+    def __call__(self, a: np.ndarray) -> float:
+        n, d = a.shape
+        if n <= d:  # the N×N form: exact and cheap when there are fewer images than dimensions
+            return frechet_distance_to(a, self.ref)
+        if self.root is None:
+            self.root = _psd_sqrt(self.ref.sigma)
+        s = feature_statistics(a)
+        eig = np.linalg.eigvalsh(self.root @ s.sigma @ self.root)  # same spectrum as Σ_ref Σ_a
+        diff = s.mu - self.ref.mu
+        return float(diff @ diff + np.trace(s.sigma) + np.trace(self.ref.sigma)
+                     - 2.0 * np.sqrt(np.clip(eig, 0, None)).sum())
 
 
 def fd_bootstrap(a: np.ndarray, b: np.ndarray, draws: int = BOOTSTRAP, seed: int = 0) -> tuple[float, float]:
     """(FD of ``a`` to ``b``, std of FD over ``draws`` bootstrap resamples of ``a``)."""
     rng = np.random.default_rng(seed)
-    sb = feature_statistics(b)
-    boot = []
-    for _ in range(draws):
-        s = feature_statistics(a[rng.integers(0, len(a), len(a))])
-        boot.append(frechet_distance(s.mu, s.sigma, sb.mu, sb.sigma))
-    return fd(a, b), float(np.std(boot))
+    to_b = _FDTo(b)
+    boot = [to_b(a[rng.integers(0, len(a), len(a))]) for _ in range(draws)]
+    return to_b(a), float(np.std(boot))
 
 
 def _poly_kernel(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -111,16 +133,162 @@ def confusion(requested: np.ndarray, recognised: np.ndarray, classes: int = 10) 
     return m
 
 
-# -------------------------------------------------------------------------------------- reference
-@lru_cache(maxsize=1)
-def reference() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(features (5000, 128), probabilities (5000, 10), labels) of all bundled digits."""
-    from ddpm.data.digits import load_all
+# -------------------------------------------------------------------------------------- instruments
+class Instrument:
+    """A feature network with its real reference set: what scores and floors are measured with.
+
+    ``predict(images)`` → (features (N, D), class probabilities (N, K)) of [−1, 1] float NCHW (or uint8)
+    images; ``reference()`` → (features, probabilities, labels or None) of the real images;
+    ``check(image_shape)`` raises ConfigError for images it cannot score.
+    """
+
+    name = "instrument"
+    scores_accuracy = False  # whether its classes are the data set's (then requested-class accuracy)
+
+    def check(self, image_shape) -> None:
+        pass
+
+    def predict(self, images) -> tuple[np.ndarray, np.ndarray]:
+        raise NotImplementedError
+
+    def reference(self) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+        raise NotImplementedError
+
+    def describe(self) -> str:
+        return self.name
+
+
+class DigitsInstrument(Instrument):
+    """The shipped digits classifier (:mod:`ddpm.evaluate.digits_classifier`) against all 5,000 bundled
+    digits. Images at a resolution r < 28 are scored after bilinear upsampling to 28, against real digits
+    put through the same path (shrunk to r with the training data's BICUBIC resize, then upsampled), so
+    the floor and the samples see the same loss of detail."""
+
+    name = "digits"
+    scores_accuracy = True
+
+    def __init__(self, resolution: int = 28):
+        from ddpm.evaluate import digits_classifier as dc
+
+        if not MIN_DIGITS_RES <= int(resolution) <= dc.IMAGE_SHAPE[1]:
+            raise ConfigError(f"the digits features score grey digits of {MIN_DIGITS_RES}–28 pixels, got {resolution}")
+        self.resolution = int(resolution)
+
+    def check(self, image_shape) -> None:
+        c, h, w = (int(v) for v in image_shape)
+        if c != 1 or h != w or not MIN_DIGITS_RES <= h <= 28:
+            raise ConfigError(f"--features digits scores grey square digits of {MIN_DIGITS_RES}–28 pixels, but this "
+                              f"model makes {h}×{w} images with {c} channel(s); it works for models trained on "
+                              "digits or mnist (1 channel)")
+        if h != self.resolution:
+            raise ConfigError(f"these digits features are for {self.resolution}×{self.resolution} images, got {h}×{w}")
+
+    def predict(self, images):
+        from ddpm.evaluate import digits_classifier as dc
+
+        return dc.predict(None, upsample_to_28(images))
+
+    def reference(self):
+        return _digits_reference(self.resolution)
+
+    def describe(self) -> str:
+        return "digits" + ("" if self.resolution == 28 else f" (at {self.resolution}×{self.resolution}, upsampled)")
+
+
+MIN_DIGITS_RES = 8
+
+
+def upsample_to_28(images):
+    """[−1, 1] float (N, 1, r, r) or uint8 (N, r, r) digits → float (N, 1, 28, 28) (bilinear when r < 28)."""
+    import torch
+    import torch.nn.functional as F
+
+    if isinstance(images, np.ndarray) and images.dtype == np.uint8:
+        x = torch.from_numpy(images).float().div(127.5).sub(1)
+        x = x[..., 0] if x.ndim == 4 and x.shape[-1] == 1 else x
+        x = x.unsqueeze(1) if x.ndim == 3 else x
+    else:
+        x = torch.as_tensor(images).float()
+    if x.ndim == 4 and x.shape[1] == 1 and x.shape[2] == x.shape[3] and x.shape[2] < 28:
+        x = F.interpolate(x, size=(28, 28), mode="bilinear", align_corners=False).clamp(-1, 1)
+    return x
+
+
+@lru_cache(maxsize=4)
+def _digits_reference(resolution: int = 28) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Features of the 5,000 bundled digits, computed once and kept in the cache folder under a key that
+    hashes the classifier's weights, the digits file and the resolution (a new classifier or data set
+    never reads stale features)."""
+    import hashlib
+
+    import torch
+
+    from ddpm.data.digits import asset_bytes, load_all
     from ddpm.evaluate import digits_classifier as dc
 
+    h = hashlib.sha256(asset_bytes())
+    h.update(dc.weights_bytes())
+    h.update(str(resolution).encode())
+    cache = cache_dir() / f"digits_reference_{h.hexdigest()[:16]}.npz"
     images, labels = load_all()
-    feats, probs = dc.predict(dc.load(), images)
+    try:
+        with np.load(cache, allow_pickle=False) as f:
+            return f["features"], f["probs"], labels
+    except (OSError, KeyError, ValueError):
+        pass
+    if resolution != 28:
+        from ddpm.data.transforms import fit_array
+
+        # as the training data is made (BICUBIC), then to [−1, 1] floats
+        images = torch.as_tensor(np.asarray(fit_array(images, resolution, 1))).float().div(127.5).sub(1)
+    feats, probs = dc.predict(None, upsample_to_28(images))
+    try:  # a cache that cannot be written only costs the time to recompute
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        tmp = cache.with_name(cache.stem + f".{os.getpid()}.tmp.npz")
+        np.savez(tmp, features=feats, probs=probs)
+        os.replace(tmp, cache)
+    except OSError:
+        pass
     return feats, probs, labels
+
+
+def cache_dir() -> Path:
+    """``$DDPM_CACHE``, else ``$XDG_CACHE_HOME/ddpm`` (``~/.cache/ddpm``)."""
+    return Path(os.environ.get("DDPM_CACHE") or Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "ddpm")
+
+
+def reference(resolution: int = 28) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(features (5000, 128), probabilities (5000, 10), labels) of all bundled digits (at ``resolution``)."""
+    return _digits_reference(int(resolution))
+
+
+class InceptionInstrument(Instrument):
+    """Inception-v3 pool3 features (the FID network, :mod:`ddpm.evaluate.inception`) against real images
+    named by ``ref`` (a dataset name, an image folder or an .npz), at most ``ref_num`` of them."""
+
+    name = "inception"
+
+    def __init__(self, net, ref_images, ref_desc: str, batch_size: int = 50):
+        self.net, self.batch_size, self.ref_desc = net, batch_size, ref_desc
+        self._ref_images = ref_images
+        self._ref = None
+
+    def predict(self, images):
+        from ddpm.evaluate.fid import extract_features
+
+        out = extract_features(self.net, images, self.batch_size)
+        logits = out["logits"].astype(np.float64)
+        probs = np.exp(logits - logits.max(1, keepdims=True))
+        return out["pool3"].astype(np.float64), probs / probs.sum(1, keepdims=True)
+
+    def reference(self):
+        if self._ref is None:
+            feats, probs = self.predict(self._ref_images)
+            self._ref, self._ref_images = (feats, probs, None), None
+        return self._ref
+
+    def describe(self) -> str:
+        return f"inception vs {self.ref_desc}"
 
 
 @dataclass
@@ -150,12 +318,13 @@ class QualityReport:
 def score_features(feats: np.ndarray, probs: np.ndarray, labels=None, *, ref_feats: np.ndarray | None = None,
                    seed: int = 0) -> QualityReport:
     """Scores of images given by their features and class probabilities; ``labels`` are the requested
-    classes (None for unconditional samples); the reference defaults to all bundled digits."""
+    classes (None for unconditional samples, or when the features' classes are not the data set's);
+    the reference defaults to all bundled digits."""
     n = len(feats)
     if n < 10:
         raise ConfigError(f"quality scores need at least 10 images (10 IS splits, k-NN radii), got {n}; raise -n")
     if ref_feats is None:
-        ref_feats = reference()[0]
+        ref_feats = digits_instrument(28).reference()[0]
     rng = np.random.default_rng(seed)
     fd_v, fd_s = fd_bootstrap(feats, ref_feats, seed=seed)
     kid_v, kid_s = kid(feats, ref_feats, seed=seed)
@@ -171,28 +340,54 @@ def score_features(feats: np.ndarray, probs: np.ndarray, labels=None, *, ref_fea
     return report
 
 
-def score_images(images, labels=None, *, seed: int = 0) -> QualityReport:
-    """Scores of uint8 (N, 28, 28[, 1]) or [-1, 1] float (N, 1, 28, 28) digit images."""
-    from ddpm.evaluate import digits_classifier as dc
+def score_images(images, labels=None, *, seed: int = 0, instrument: Instrument | None = None) -> QualityReport:
+    """Scores of images (uint8 (N, H, W[, 1]) or [−1, 1] float (N, C, H, W)) with ``instrument``
+    (default: the digits features at the images' resolution)."""
+    if instrument is None:
+        instrument = DigitsInstrument(_resolution_of(images))
+    feats, probs = instrument.predict(images)
+    ref_feats = instrument.reference()[0]
+    return score_features(feats, probs, labels if instrument.scores_accuracy else None, ref_feats=ref_feats,
+                          seed=seed)
 
-    feats, probs = dc.predict(dc.load(), images)
-    return score_features(feats, probs, labels, seed=seed)
+
+def _resolution_of(images) -> int:
+    shape = np.shape(images)
+    return int(shape[-1] if len(shape) == 3 or shape[1] in (1, 3) else shape[2])
 
 
-@lru_cache(maxsize=8)
-def real_floor(n: int, draws: int = FLOOR_DRAWS, seed: int = 1) -> dict:
-    """The scores of n real digits against the other 5,000 − n (and with their true labels), as
-    {metric: (mean, std over draws)}: what a perfect generator of the bundled digits would get."""
-    feats, probs, labels = reference()
+def floor_of(instrument: Instrument, n: int, draws: int = FLOOR_DRAWS, seed: int = 1) -> dict:
+    """The scores of n real images against the other reference images (and with their true labels), as
+    {metric: (mean, std over draws)}: what a perfect generator of the reference set would get."""
+    key = (id(instrument), instrument.describe(), n, draws, seed)
+    if key in _FLOORS:
+        return _FLOORS[key]
+    feats, probs, labels = instrument.reference()
     if not 10 <= n <= len(feats) // 2:
-        raise ConfigError(f"the real-vs-real floor needs 10 ≤ n ≤ {len(feats) // 2} (half the bundled digits), got {n}")
+        raise ConfigError(f"the real-vs-real floor needs 10 ≤ n ≤ {len(feats) // 2} (half the reference images), "
+                          f"got {n}")
     rng = np.random.default_rng(seed)
     rows = []
     for d in range(draws):
         perm = rng.permutation(len(feats))
         s, rest = perm[:n], perm[n:]
-        r = score_features(feats[s], probs[s], labels[s], ref_feats=feats[rest], seed=seed + d)
-        rows.append(r)
-    keys = ("fd", "kid", "precision", "recall", "is_mean", "accuracy")
-    return {k: (float(np.mean([getattr(r, k) for r in rows])), float(np.std([getattr(r, k) for r in rows])))
-            for k in keys}
+        rows.append(score_features(feats[s], probs[s], None if labels is None else labels[s],
+                                   ref_feats=feats[rest], seed=seed + d))
+    keys = ("fd", "kid", "precision", "recall", "is_mean") + (("accuracy",) if labels is not None else ())
+    out = {k: (float(np.mean([getattr(r, k) for r in rows])), float(np.std([getattr(r, k) for r in rows])))
+           for k in keys}
+    _FLOORS[key] = out
+    return out
+
+
+_FLOORS: dict = {}
+
+
+@lru_cache(maxsize=4)
+def digits_instrument(resolution: int = 28) -> DigitsInstrument:
+    return DigitsInstrument(resolution)
+
+
+def real_floor(n: int, draws: int = FLOOR_DRAWS, seed: int = 1, resolution: int = 28) -> dict:
+    """:func:`floor_of` the digits features at ``resolution`` (28: the bundled digits as they are)."""
+    return floor_of(digits_instrument(int(resolution)), n, draws, seed)

@@ -52,9 +52,11 @@ class RateDistortion:
         return rows
 
     def write_csv(self, path: str | os.PathLike) -> Path:
+        from ddpm.outputs import atomic_write
+
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        with open(path, "w", newline="") as f:
+        with atomic_write(path, "w") as f:
             w = csv.writer(f)
             w.writerow(["reverse_steps", "paper_t", "rate_bpd", "distortion_rmse_0_255",
                         "distortion_mean_per_image_rmse_0_255"])
@@ -111,8 +113,13 @@ def plot_rate_distortion(rd: RateDistortion, path: str | os.PathLike, title: str
     if title:
         fig.suptitle(title)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    from ddpm.outputs import atomic_write
+
+    try:
+        with atomic_write(path) as f:
+            fig.savefig(f, dpi=120, format="png")
+    finally:
+        plt.close(fig)
     return path
 
 

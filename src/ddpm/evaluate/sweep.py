@@ -33,54 +33,78 @@ def class_labels(mode, num_classes: int | None, n: int):
     return int(mode)
 
 
-def check_digits_shaped(config) -> None:
-    shape = tuple(config.model.image_shape)
-    if shape != (1, 28, 28):
-        raise ConfigError(f"--features digits scores 28×28 grey images, but this model makes {shape[1]}×{shape[2]} "
-                          f"images with {shape[0]} channel(s); it works for models trained on digits or mnist "
-                          "at resolution 28")
+def instrument_for(config, features: str = "digits", *, inception=None, ref_images=None, ref_desc: str = ""):
+    """The quality instrument for a model's images: the digits features at its resolution, or Inception
+    features against ``ref_images``; ConfigError for images it cannot score."""
+    from ddpm.evaluate import quality
+
+    c, h, _ = config.model.image_shape
+    if features == "digits":
+        inst = quality.DigitsInstrument(h) if quality.MIN_DIGITS_RES <= h <= 28 else quality.digits_instrument(28)
+    elif features == "inception":
+        inst = quality.InceptionInstrument(inception, ref_images, ref_desc)
+    else:
+        raise ConfigError(f"unknown --features {features!r}; choose digits or inception")
+    inst.check(config.model.image_shape)
+    return inst
 
 
 def measure(ck, sampler, *, n: int, classes="all", seed: int = 0, batch_size: int = 100, device=None,
-            progress: bool = False, fast=None, with_floor: bool = True, classifier=None,
+            progress: bool = False, fast=None, with_floor: bool = True, instrument=None, classifier=None,
             classifier_scale: float = 0.0, condition_model: bool = True, classifier_path=None) -> dict:
-    """Generate n images from checkpoint ``ck`` with ``sampler`` (a SamplerConfig), score them, and
-    return one row: the settings, n, nfe, seconds, seconds_per_image and the scores (and the floor).
+    """Generate n images from checkpoint ``ck`` with ``sampler`` (a SamplerConfig), score them with
+    ``instrument`` (default: the digits features) and return one row: the settings, n, nfe, seconds,
+    seconds_per_image and the scores (and the real-vs-real floor).
 
     ``classifier`` (a noisy classifier network, its checkpoint ``classifier_path`` recorded in the row)
     guides towards the requested classes with ``classifier_scale``; ``condition_model=False`` gives a
     class-conditional model its null label so that only the classifier sees the class."""
     import torch
 
-    from ddpm.evaluate.quality import real_floor, score_images
+    from ddpm.evaluate.quality import floor_of, score_images
     from ddpm.sampling.api import generate
     from ddpm.sampling.registry import resolve_sampler
 
-    check_digits_shaped(ck.config)
+    if instrument is None:
+        instrument = instrument_for(ck.config)
     num_classes = ck.config.model.num_classes
     labels = class_labels(classes, num_classes if classifier is None else classifier.config.num_classes, n)
     if classifier is not None and labels is None:
         raise ConfigError("classifier guidance needs classes to guide towards: --class all or a class index")
     resolved = resolve_sampler(sampler, ck.diffusion.num_timesteps, num_classes=num_classes,
                                labels=labels is not None)
+    rows_in = [0]  # images the network saw: the measured NFE (adaptive samplers declare none)
+
+    def count(module, args):
+        rows_in[0] += int(args[0].shape[0])
+
+    hook = ck.model.register_forward_pre_hook(count) if isinstance(ck.model, torch.nn.Module) else None
     t0 = time.perf_counter()
-    x = generate(ck.model, ck.diffusion, n, batch_size=batch_size, sampler=sampler, class_labels=labels,
-                 seed=seed, device=device, progress=progress, fast=fast, classifier=classifier,
-                 classifier_scale=classifier_scale, condition_model=condition_model)
+    try:
+        x = generate(ck.model, ck.diffusion, n, batch_size=batch_size, sampler=sampler, class_labels=labels,
+                     seed=seed, device=device, progress=progress, fast=fast, classifier=classifier,
+                     classifier_scale=classifier_scale, condition_model=condition_model)
+    finally:
+        if hook is not None:
+            hook.remove()
     seconds = time.perf_counter() - t0
+    batch_factor = 2 if resolved.guidance else 1
+    measured = rows_in[0] / n / batch_factor if hook is not None else None
+    declared = resolved.nfe(ck.diffusion.num_timesteps)
     requested = None
     if labels is not None:
         requested = np.asarray(labels if isinstance(labels, list) else [labels] * n)
-    report = score_images(x, requested, seed=seed)
+    report = score_images(x, requested, seed=seed, instrument=instrument)
     guide = None if classifier is None else (str(classifier_path), classifier_scale, not condition_model)
     row = {**row_key(sampler, n=n, classes=classes if labels is not None else "null", seed=seed, classifier=guide),
-           "describe": resolved.describe(), "nfe": resolved.nfe(ck.diffusion.num_timesteps),
-           "batch_factor": 2 if resolved.guidance else 1, "seconds": round(seconds, 3),
+           "features": instrument.describe(),
+           "describe": resolved.describe(), "nfe": declared if declared is not None or measured is None else round(measured, 1),
+           "nfe_measured": measured, "batch_factor": batch_factor, "seconds": round(seconds, 3),
            "seconds_per_image": seconds / n, "threads": torch.get_num_threads(), "device": str(x.device if device is None else device),
            "checkpoint": str(ck.path) if ck.path else None, "step": ck.step, "weights": ck.weights,
            **report.as_dict()}
-    if with_floor and n <= 2500:
-        row["floor"] = real_floor(n)
+    if with_floor and n <= len(instrument.reference()[0]) // 2:
+        row["floor"] = floor_of(instrument, n)
     return row
 
 
@@ -129,34 +153,37 @@ def load_rows(path: str | os.PathLike) -> list[dict]:
 
 
 def write_rows(path: str | os.PathLike, rows: list[dict], meta: dict) -> None:
+    from ddpm.outputs import write_text
+
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps({**meta, "rows": rows}, indent=1) + "\n")
-    os.replace(tmp, path)
+    write_text(path, json.dumps({**meta, "rows": rows}, indent=1) + "\n")
 
 
 def run_sweep(ck, configs: list, *, n: int, json_path, classes="all", seed: int = 0, batch_size: int = 100,
-              device=None, progress: bool = False, fast=None, log=print, classifier=None,
+              device=None, progress: bool = False, fast=None, log=print, instrument=None, classifier=None,
               classifier_scales=(1.0,), condition_model: bool = True, classifier_path=None) -> list[dict]:
     """Measure every SamplerConfig in ``configs`` (× every classifier scale, with a ``classifier``)
     that ``json_path`` does not already hold."""
-    from ddpm.evaluate.quality import real_floor
+    from ddpm.evaluate.quality import floor_of
 
+    if instrument is None:
+        instrument = instrument_for(ck.config)
     rows = load_rows(json_path)
     cls = classes if (ck.config.model.num_classes or classifier is not None) else "null"
-    meta = {"checkpoint": str(ck.path) if ck.path else None, "step": ck.step,
-            "floor": {"n": n, **real_floor(n)} if n <= 2500 else None}
+    fits = n <= len(instrument.reference()[0]) // 2
+    meta = {"checkpoint": str(ck.path) if ck.path else None, "step": ck.step, "features": instrument.describe(),
+            "floor": {"n": n, **floor_of(instrument, n)} if fits else None}
     settings = [(cfg, s) for cfg in configs for s in (classifier_scales if classifier is not None else [0.0])]
     for i, (cfg, scale) in enumerate(settings):
         guide = None if classifier is None else (str(classifier_path), scale, not condition_model)
-        key = row_key(cfg, n=n, classes=cls, seed=seed, classifier=guide)
+        key = {**row_key(cfg, n=n, classes=cls, seed=seed, classifier=guide), "features": instrument.describe()}
         what = f"{cfg.sampler} steps={cfg.steps} {cfg.options} w={cfg.guidance}" + (f" s={scale:g}" if guide else "")
         if any(_same(r, key) for r in rows):
             log(f"[{i + 1}/{len(settings)}] {what}: done before, kept")
             continue
         row = measure(ck, cfg, n=n, classes=classes, seed=seed, batch_size=batch_size, device=device,
-                      progress=progress, fast=fast, with_floor=False, classifier=classifier,
+                      progress=progress, fast=fast, with_floor=False, instrument=instrument, classifier=classifier,
                       classifier_scale=scale, condition_model=condition_model, classifier_path=classifier_path)
         rows.append(row)
         write_rows(json_path, rows, meta)
@@ -175,9 +202,36 @@ def format_row(r: dict) -> str:
 
 
 def format_floor(floor: dict, n: int) -> str:
-    fd, kid, p, r, acc = (floor[k] for k in ("fd", "kid", "precision", "recall", "accuracy"))
+    fd, kid, p, r = (floor[k] for k in ("fd", "kid", "precision", "recall"))
+    acc = f"  acc {100 * floor['accuracy'][0]:5.1f}%" if "accuracy" in floor else ""
     return (f"{'real vs real (floor), n = ' + str(n):<44} {'':>9}  FD {fd[0]:8.2f} ± {fd[1]:6.2f}  "
-            f"KID {kid[0]:.4f} ± {kid[1]:.4f}  P {p[0]:.3f} R {r[0]:.3f}  acc {100 * acc[0]:5.1f}%")
+            f"KID {kid[0]:.4f} ± {kid[1]:.4f}  P {p[0]:.3f} R {r[0]:.3f}{acc}")
+
+
+def markdown_table(rows: list[dict], floor: dict | None = None) -> str:
+    """The sweep as a Markdown table (one row per setting, in the file's order), the floor last."""
+    cond = any(r.get("accuracy") is not None for r in rows)
+    head = ["setting", "NFE", "FD ±", "KID ±", "precision", "recall"] + (["class accuracy ±"] if cond else []) + [
+        "s / image"]
+    out = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in rows:
+        cells = [r["describe"], str(r["nfe"] * r.get("batch_factor", 1)) if r.get("batch_factor", 1) == 1
+                 else f"{r['nfe']} (×2 batch)", f"{r['fd']:.2f} ± {r['fd_std']:.2f}",
+                 f"{r['kid']:.4f} ± {r['kid_std']:.4f}", f"{r['precision']:.3f}", f"{r['recall']:.3f}"]
+        if cond:
+            cells.append("–" if r.get("accuracy") is None else
+                         f"{100 * r['accuracy']:.1f} ± {100 * r['accuracy_std']:.1f} %")
+        cells.append(f"{r['seconds_per_image']:.3f}")
+        out.append("| " + " | ".join(cells) + " |")
+    if floor:
+        cells = [f"real vs real (floor), n = {floor.get('n', rows[0]['n'] if rows else '?')}", "–",
+                 f"{floor['fd'][0]:.2f} ± {floor['fd'][1]:.2f}", f"{floor['kid'][0]:.4f} ± {floor['kid'][1]:.4f}",
+                 f"{floor['precision'][0]:.3f}", f"{floor['recall'][0]:.3f}"]
+        if cond:
+            cells.append(f"{100 * floor['accuracy'][0]:.1f} %" if "accuracy" in floor else "–")
+        cells.append("–")
+        out.append("| " + " | ".join(cells) + " |")
+    return "\n".join(out) + "\n"
 
 
 def _label(r: dict) -> str:
@@ -211,23 +265,28 @@ def plot_sweep(rows: list[dict], path, *, floor: dict | None = None, title: str 
         ax.set_yscale("log")
         ax.set_xlabel(xlabel)
         ax.grid(True, which="both", alpha=0.3)
-    axes[0].set_ylabel("FD (digits features)")
+    features = rows[0].get("features", "digits") if rows else "digits"
+    axes[0].set_ylabel(f"FD ({features} features)")
     axes[0].legend(fontsize=7)
     if title:
         fig.suptitle(title, fontsize=10)
     fig.tight_layout()
+    from ddpm.outputs import atomic_write
+
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.stem + ".tmp" + path.suffix)
-    fig.savefig(tmp, dpi=120)
-    plt.close(fig)
-    os.replace(tmp, path)
+    try:
+        with atomic_write(path) as f:
+            fig.savefig(f, dpi=120, format="png")
+    finally:
+        plt.close(fig)
     return path
 
 
 def sampler_configs(base, samplers: list[tuple[str, dict]], steps: list[int | None], guidances: list[float],
-                    spacing: str | None = None) -> list:
-    """The cross product of samplers × steps × guidance as SamplerConfigs on top of ``base``."""
+                    spacing: str | None = None, clip_denoised: bool | None = None) -> list:
+    """The cross product of samplers × steps × guidance as SamplerConfigs on top of ``base``
+    (``clip_denoised`` None: each config's own)."""
     from ddpm.sampling.api import sampler_config
 
     out = []
@@ -235,6 +294,7 @@ def sampler_configs(base, samplers: list[tuple[str, dict]], steps: list[int | No
         for k in steps:
             for w in guidances:
                 start = base if base is not None and name == base.sampler else name
-                cfg = sampler_config(start, steps=k, spacing=spacing, guidance=w, options=options)
+                cfg = sampler_config(start, steps=k, spacing=spacing, guidance=w, options=options,
+                                     clip_denoised=clip_denoised)
                 out.append(dataclasses.replace(cfg, options=dict(cfg.options)))
     return out

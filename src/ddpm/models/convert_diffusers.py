@@ -8,6 +8,12 @@ single-head attention (``attention_head_dim=None``). Their attention layers are 
 (``to_q``/``to_k``/``to_v``/``to_out.0``; ``query``/``key``/``value``/``proj_attn`` in older files)
 where ours are 1x1 convs, and their up blocks are numbered from the bottom.
 
+Any other ``UNet2DModel`` whose blocks are the DDPM ones imports too: diffusers' own defaults
+(``flip_sin_to_cos=True``, ``freq_shift=0``, ``norm_eps=1e-5``, ``downsample_padding=1``,
+``attention_head_dim=8``, as its training example produces) are fields of :class:`UNetConfig` of the
+same names; a config the DDPM U-Net cannot express (other blocks, another embedding, scale-shift
+norms, ...) is a one-line ConfigError.
+
 diffusers itself is not needed to convert: configs are plain JSON and weights safetensors (or a
 ``.bin`` read with ``torch.load(weights_only=True)``).
 """
@@ -31,10 +37,6 @@ _REQUIRED = {
     "act_fn": "silu",
     "center_input_sample": False,
     "time_embedding_type": "positional",
-    "flip_sin_to_cos": False,
-    "freq_shift": 1,
-    "downsample_padding": 0,
-    "norm_eps": GN_EPS,
     "resnet_time_scale_shift": "default",
     "mid_block_scale_factor": 1,
     "mid_block_type": "UNetMidBlock2D",
@@ -44,6 +46,9 @@ _REQUIRED = {
     "class_embed_type": None,
     "attn_norm_num_groups": None,
 }
+# UNet2DModel options that are UNetConfig fields of the same name, with diffusers' defaults (what a
+# config.json that leaves them out means).
+_CONVENTIONS = {"flip_sin_to_cos": True, "freq_shift": 0, "norm_eps": 1e-5, "downsample_padding": 1}
 _DEFAULTS_MATCH = ("mid_block_type", "add_attention", "downsample_type", "upsample_type", "class_embed_type",
                    "attn_norm_num_groups")
 _LEGACY_ATTN = {"to_q": "query", "to_k": "key", "to_v": "value", "to_out.0": "proj_attn"}
@@ -67,8 +72,12 @@ def unet_config_from_diffusers(cfg: dict[str, Any]) -> UNetConfig:
         raise ConfigError(f"expected a diffusers UNet2DModel config, got {cfg.get('_class_name')!r}")
     for key, want in _REQUIRED.items():
         got = cfg.get(key, want)
-        if got != want and not (isinstance(want, float) and isinstance(got, (int, float)) and abs(got - want) < 1e-12):
+        if got != want:
             raise ConfigError(f"diffusers config has {key}={got!r}; the DDPM U-Net needs {key}={want!r}")
+    conventions = {key: cfg.get(key, default) for key, default in _CONVENTIONS.items()}
+    if conventions["downsample_padding"] not in (0, 1):
+        raise ConfigError(f"diffusers downsample_padding={conventions['downsample_padding']!r}; 0 (the authors') "
+                          "or 1 (diffusers' default) can be imported")
     chans = list(cfg["block_out_channels"])
     down, up = list(cfg["down_block_types"]), list(cfg["up_block_types"])
     if not (len(chans) == len(down) == len(up)):
@@ -84,9 +93,14 @@ def unet_config_from_diffusers(cfg: dict[str, Any]) -> UNetConfig:
             raise ConfigError(f"diffusers config has attention on only one side of level {i}; the DDPM U-Net needs both")
         if d == "AttnDownBlock2D":
             attn_levels.append(i)
-    head_dim = cfg.get("attention_head_dim")
-    if head_dim is not None and any(head_dim != chans[i] for i in attn_levels + [len(chans) - 1]):
-        raise ConfigError(f"diffusers attention_head_dim={head_dim} means multi-head attention; DDPM uses one head")
+    head_dim = cfg.get("attention_head_dim", 8)  # diffusers' default: heads of 8 channels
+    if isinstance(head_dim, (list, tuple)):
+        raise ConfigError(f"diffusers attention_head_dim={head_dim} (one per level) is not supported; "
+                          "the DDPM U-Net takes one head size")
+    if head_dim is not None and all(head_dim == chans[i] for i in attn_levels + [len(chans) - 1]):
+        head_dim = None  # one head per layer: the paper's attention
+    if head_dim is not None and any(chans[i] % head_dim for i in attn_levels + [len(chans) - 1]):
+        raise ConfigError(f"diffusers attention_head_dim={head_dim} does not divide the attention widths {chans}")
     temb_dim = cfg.get("time_embedding_dim")
     if temb_dim is not None and temb_dim != 4 * ch:
         raise ConfigError(f"diffusers time_embedding_dim={temb_dim}; the DDPM U-Net uses 4 x {ch}")
@@ -108,6 +122,12 @@ def unet_config_from_diffusers(cfg: dict[str, Any]) -> UNetConfig:
         resolution=int(size),
         num_classes=int(n_cls) - 1 if n_cls else None,
         norm_groups=int(cfg.get("norm_num_groups", GN_GROUPS)),
+        flip_sin_to_cos=bool(conventions["flip_sin_to_cos"]),
+        freq_shift=int(conventions["freq_shift"]),
+        # the paper's 1e-6 is written 1e-06 by some tools: keep it bit-equal to GN_EPS
+        norm_eps=GN_EPS if abs(float(conventions["norm_eps"]) - GN_EPS) < 1e-12 else float(conventions["norm_eps"]),
+        attention_head_dim=int(head_dim or 0),
+        downsample_padding=int(conventions["downsample_padding"]),
     )
 
 
@@ -127,9 +147,13 @@ def diffusers_kwargs_for(config: UNetConfig) -> dict[str, Any]:
         down_block_types=tuple("AttnDownBlock2D" if a else "DownBlock2D" for a in attn),
         up_block_types=tuple("AttnUpBlock2D" if a else "UpBlock2D" for a in reversed(attn)),
         layers_per_block=config.num_res_blocks,
-        attention_head_dim=None,
+        attention_head_dim=config.attention_head_dim or None,
         num_class_embeds=config.num_classes + 1 if config.num_classes else None,
         norm_num_groups=config.norm_groups,
+        flip_sin_to_cos=config.flip_sin_to_cos,
+        freq_shift=config.freq_shift,
+        norm_eps=config.norm_eps,
+        downsample_padding=config.downsample_padding,
     )
     if config.dropout:
         kwargs["dropout"] = config.dropout
@@ -331,6 +355,9 @@ def save_diffusers_folder(model: UNet, diffusion: DiffusionConfig, path: str | P
     (root / "unet" / "config.json").write_text(json.dumps(config, indent=2))
     tensors = {k: v.contiguous() for k, v in to_diffusers_state_dict(model).items()}
     save_file(tensors, str(root / "unet" / "diffusion_pytorch_model.safetensors"))
+    from ddpm.checkpoint import _default_mode
+
+    _default_mode(root / "unet" / "diffusion_pytorch_model.safetensors")
     (root / "scheduler" / "scheduler_config.json").write_text(json.dumps(sched, indent=2))
     index = {"_class_name": "DDPMPipeline", "_diffusers_version": _diffusers_version(),
              "scheduler": ["diffusers", "DDPMScheduler"], "unet": ["diffusers", "UNet2DModel"]}

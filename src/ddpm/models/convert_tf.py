@@ -112,7 +112,11 @@ def convert_tf_state_dict(
             missing.append(key)
             continue
         used.add(key)
-        t = to_torch_layout(np.asarray(arrays[key]), like)
+        try:
+            t = to_torch_layout(np.asarray(arrays[key]), like)
+        except (TypeError, RuntimeError, ValueError):  # not a numeric array
+            bad_shape.append(f"{key} {np.asarray(arrays[key]).dtype} {tuple(np.shape(arrays[key]))}")
+            continue
         if tuple(t.shape) != tuple(like.shape):
             bad_shape.append(f"{key} {tuple(np.shape(arrays[key]))} (expected {tuple(like.shape)} as {name})")
             continue
@@ -140,8 +144,28 @@ def export_tf_arrays(model: UNet) -> dict[str, np.ndarray]:
     return {tf_name(k, v): to_tf_layout(v) for k, v in model.state_dict().items()}
 
 
+def tf_step(arrays: Mapping[str, np.ndarray]) -> int:
+    """The checkpoint's ``global_step`` (0 when absent)."""
+    if "global_step" not in arrays:
+        return 0
+    try:
+        return int(np.asarray(arrays["global_step"]).reshape(-1)[0])
+    except (TypeError, ValueError, IndexError, OverflowError):
+        raise CheckpointError("global_step is not a number; is this the authors' TF checkpoint?") from None
+
+
 def infer_unet_config(arrays: Mapping[str, np.ndarray], resolution: int, *, ema: bool | None = None,
                       dropout: float = 0.0) -> UNetConfig:
+    """See :func:`_infer_unet_config`; variables of impossible shapes give a one-line CheckpointError."""
+    try:
+        return _infer_unet_config(arrays, resolution, ema=ema, dropout=dropout)
+    except (IndexError, KeyError, TypeError, ValueError, ZeroDivisionError) as e:
+        raise CheckpointError(f"the variables do not describe the authors' U-Net ({type(e).__name__}: "
+                              f"{str(e).splitlines()[0] if str(e) else '?'}); give --preset instead") from None
+
+
+def _infer_unet_config(arrays: Mapping[str, np.ndarray], resolution: int, *, ema: bool | None = None,
+                       dropout: float = 0.0) -> UNetConfig:
     """Read the architecture off the variable names and shapes; only the input size cannot be read.
 
     Attention levels are found from the ``down_i/attn_j`` scopes and turned into resolutions using
@@ -180,10 +204,16 @@ def read_tf_checkpoint(path: str | Path) -> dict[str, np.ndarray]:
     """
     path = Path(path)
     if path.suffix == ".npz":
+        from ddpm.images import read_npz
+
         if not path.is_file():
             raise CheckpointError(f"{path} does not exist; give the .npz of TF variables to convert")
-        with np.load(path, allow_pickle=False) as data:
-            return {k: data[k] for k in data.files}
+        arrays = read_npz(path, error=CheckpointError)  # allow_pickle=False: nothing is unpickled
+        odd = [k for k, v in arrays.items() if v.dtype.kind not in "fiub"]
+        if odd:
+            raise CheckpointError(f"{path}: variable {odd[0]} holds {arrays[odd[0]].dtype} values, not numbers; "
+                                  "is this an .npz of the authors' TF variables?")
+        return arrays
     try:
         import tensorflow as tf  # noqa: PLC0415 - optional, heavy dependency
     except ImportError:

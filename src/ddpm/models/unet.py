@@ -6,7 +6,10 @@ Module names mirror the authors' TF variable scopes (``down[i].block[j]``, ``dow
 transpose. ``up[i]`` is the up-path level at the same resolution as ``down[i]``; it runs in reverse.
 
 Beyond the paper: optional class conditioning (a label embedding added to the time embedding,
-with label ``num_classes`` as the "null" label for classifier-free guidance).
+with label ``num_classes`` as the "null" label for classifier-free guidance), and the conventions of
+diffusers' ``UNet2DModel`` that leave the network DDPM-shaped (cos-first time embedding and its
+frequency shift, GroupNorm epsilon, multi-head attention, symmetric downsampling padding), so any
+such UNet2DModel imports exactly. The defaults are the paper's.
 """
 
 from __future__ import annotations
@@ -52,6 +55,12 @@ class UNetConfig:
     # GroupNorm groups. The authors' 32 leaves one channel per group when ch = 32, which normalises
     # away the per-channel time and label bias of the first level's residual blocks.
     norm_groups: int = GN_GROUPS
+    # diffusers UNet2DModel conventions (same names there), defaults = the authors' network:
+    flip_sin_to_cos: bool = False  # time embedding [cos, sin] instead of the authors' [sin, cos]
+    freq_shift: int = 1  # frequencies exp(-j ln(1e4) / (half - freq_shift)); the authors' is 1
+    norm_eps: float = GN_EPS  # GroupNorm epsilon (TF's 1e-6; diffusers' default 1e-5)
+    attention_head_dim: int = 0  # channels per attention head; 0 = one head over all channels (paper)
+    downsample_padding: int = 0  # 0: TF 'SAME' (the extra pixel right/bottom); 1: one pixel each side
 
     @property
     def image_shape(self) -> tuple[int, int, int]:
@@ -84,28 +93,56 @@ class UNetConfig:
             raise ConfigError(f"model.dropout must be in [0, 1), got {self.dropout}")
         if self.num_classes is not None and self.num_classes < 1:
             raise ConfigError(f"model.num_classes must be a positive integer or None, got {self.num_classes}")
+        if not self.norm_eps > 0 or self.norm_eps != self.norm_eps or self.norm_eps == float("inf"):
+            raise ConfigError(f"model.norm_eps must be a finite number > 0, got {self.norm_eps}")
+        if self.downsample_padding not in (0, 1):
+            raise ConfigError(f"model.downsample_padding must be 0 (TF 'SAME') or 1 (one pixel each side), "
+                              f"got {self.downsample_padding}")
+        if not 0 <= self.freq_shift < self.ch // 2:
+            raise ConfigError(f"model.freq_shift must be in 0..{self.ch // 2 - 1} (below half the embedding "
+                              f"width {self.ch}), got {self.freq_shift}")
+        if self.attention_head_dim < 0:
+            raise ConfigError(f"model.attention_head_dim must be >= 0 (0 = one head), got {self.attention_head_dim}")
+        if self.attention_head_dim:
+            sizes = level_sizes(self.resolution, len(self.ch_mult))
+            attn = [self.ch * m for m, s in zip(self.ch_mult, sizes) if s in set(self.attn_resolutions)]
+            bad = [w for w in attn + [self.ch * self.ch_mult[-1]] if w % self.attention_head_dim]
+            if bad:
+                raise ConfigError(f"model.attention_head_dim={self.attention_head_dim} does not divide the "
+                                  f"attention width {bad[0]}; choose a divisor (0 = one head)")
         # attn_resolutions that match no level are ignored, as in the authors' code.
 
     def describe(self) -> str:
         cond = f", {self.num_classes} classes (+ null label)" if self.num_classes else ", unconditional"
         groups = "" if self.norm_groups == GN_GROUPS else f", GroupNorm {self.norm_groups} groups"
+        extra = [f"{f.name} {getattr(self, f.name)}" for f in dataclasses.fields(self)
+                 if f.name in _CONVENTIONS and getattr(self, f.name) != f.default]
+        conventions = f", diffusers conventions: {', '.join(extra)}" if extra else ""
         return (f"UNet {self.in_channels}x{self.resolution}x{self.resolution} -> {self.out_channels} channels, "
                 f"ch {self.ch}, ch_mult {tuple(self.ch_mult)}, {self.num_res_blocks} res blocks, attention at "
-                f"{tuple(self.attn_resolutions)}, dropout {self.dropout}{groups}{cond}")
+                f"{tuple(self.attn_resolutions)}, dropout {self.dropout}{groups}{conventions}{cond}")
 
 
-def timestep_embedding(t: torch.Tensor, dim: int) -> torch.Tensor:
-    """Sinusoidal embedding of (float) timesteps, sin first, frequencies exp(-j ln(1e4)/(half-1)).
+# The UNet2DModel options kept as fields (their defaults are the paper's).
+_CONVENTIONS = ("flip_sin_to_cos", "freq_shift", "norm_eps", "attention_head_dim", "downsample_padding")
+
+
+def timestep_embedding(t: torch.Tensor, dim: int, *, flip_sin_to_cos: bool = False,
+                       freq_shift: int = 1) -> torch.Tensor:
+    """Sinusoidal embedding of (float) timesteps, sin first, frequencies exp(-j ln(1e4)/(half-1)) (the
+    authors'); ``flip_sin_to_cos`` puts cos first and ``freq_shift`` replaces the 1 in ``half - 1``
+    (diffusers' ``get_timestep_embedding``, whose UNet2DModel defaults are True and 0).
 
     Always computed in float32 (even under autocast) because large t times high frequencies loses
     too much precision in half types. Odd ``dim`` is zero-padded on the last column.
     """
     half = dim // 2
     with torch.autocast(device_type=t.device.type, enabled=False):
-        scale = math.log(10000.0) / (half - 1)
+        scale = math.log(10000.0) / (half - freq_shift)
         freqs = torch.exp(torch.arange(half, device=t.device, dtype=torch.float32) * -scale)
         args = t.to(torch.float32)[:, None] * freqs[None, :]
-        emb = torch.cat([torch.sin(args), torch.cos(args)], dim=1)
+        parts = [torch.cos(args), torch.sin(args)] if flip_sin_to_cos else [torch.sin(args), torch.cos(args)]
+        emb = torch.cat(parts, dim=1)
         if dim % 2 == 1:
             emb = F.pad(emb, (0, 1))
     return emb
@@ -133,8 +170,8 @@ def nin(cin: int, cout: int, init_scale: float = 1.0) -> nn.Conv2d:
     return init_layer(nn.Conv2d(cin, cout, 1), init_scale)
 
 
-def group_norm(c: int, groups: int = GN_GROUPS) -> nn.GroupNorm:
-    return nn.GroupNorm(groups, c, eps=GN_EPS)
+def group_norm(c: int, groups: int = GN_GROUPS, eps: float = GN_EPS) -> nn.GroupNorm:
+    return nn.GroupNorm(groups, c, eps=eps)
 
 
 def tf_same_pad(size: int, kernel: int = 3, stride: int = 2) -> tuple[int, int]:
@@ -147,12 +184,13 @@ def tf_same_pad(size: int, kernel: int = 3, stride: int = 2) -> tuple[int, int]:
 class ResnetBlock(nn.Module):
     """GN-SiLU-conv1, + dense(SiLU(temb)), GN-SiLU-dropout-conv2 (init ~0), plus a 1x1 shortcut."""
 
-    def __init__(self, cin: int, cout: int, temb_ch: int, dropout: float, groups: int = GN_GROUPS):
+    def __init__(self, cin: int, cout: int, temb_ch: int, dropout: float, groups: int = GN_GROUPS,
+                 eps: float = GN_EPS):
         super().__init__()
-        self.norm1 = group_norm(cin, groups)
+        self.norm1 = group_norm(cin, groups, eps)
         self.conv1 = conv3x3(cin, cout)
         self.temb_proj = init_layer(nn.Linear(temb_ch, cout))
-        self.norm2 = group_norm(cout, groups)
+        self.norm2 = group_norm(cout, groups, eps)
         self.dropout = nn.Dropout(dropout)
         self.conv2 = conv3x3(cout, cout, init_scale=0.0)
         self.nin_shortcut = nin(cin, cout) if cin != cout else None
@@ -167,11 +205,13 @@ class ResnetBlock(nn.Module):
 
 
 class AttnBlock(nn.Module):
-    """Single-head self-attention over all H*W positions with separate q, k, v 1x1 layers."""
+    """Self-attention over all H*W positions with separate q, k, v 1x1 layers: one head (the paper's),
+    or heads of ``head_dim`` channels each (diffusers' ``attention_head_dim``; same weights)."""
 
-    def __init__(self, c: int, groups: int = GN_GROUPS):
+    def __init__(self, c: int, groups: int = GN_GROUPS, eps: float = GN_EPS, head_dim: int = 0):
         super().__init__()
-        self.norm = group_norm(c, groups)
+        self.norm = group_norm(c, groups, eps)
+        self.heads = c // head_dim if head_dim else 1
         self.q = nin(c, c)
         self.k = nin(c, c)
         self.v = nin(c, c)
@@ -180,26 +220,37 @@ class AttnBlock(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, c, hgt, wid = x.shape
         h = self.norm(x)
+        heads = self.heads
 
-        def tokens(layer: nn.Conv2d) -> torch.Tensor:  # (B, 1 head, H*W, C)
-            return layer(h).reshape(b, c, hgt * wid).transpose(1, 2).unsqueeze(1)
+        def tokens(layer: nn.Conv2d) -> torch.Tensor:  # (B, heads, H*W, C / heads); channel = head·d + j
+            if heads == 1:
+                return layer(h).reshape(b, c, hgt * wid).transpose(1, 2).unsqueeze(1)
+            return layer(h).reshape(b, heads, c // heads, hgt * wid).transpose(2, 3)
 
-        # SDPA's default scale is C^-1/2, the authors' scaling; it picks a fused kernel when it can.
+        # SDPA's default scale is d^-1/2 (d = channels per head), the authors' C^-1/2 for one head;
+        # it picks a fused kernel when it can.
         out = F.scaled_dot_product_attention(tokens(self.q), tokens(self.k), tokens(self.v))
-        out = out.squeeze(1).transpose(1, 2).reshape(b, c, hgt, wid)
+        if heads == 1:
+            out = out.squeeze(1).transpose(1, 2).reshape(b, c, hgt, wid)
+        else:
+            out = out.transpose(2, 3).reshape(b, c, hgt, wid)
         return x + self.proj_out(out)
 
 
 class Downsample(nn.Module):
-    """3x3 stride-2 conv with TF 'SAME' padding (asymmetric for even sizes: right/bottom only)."""
+    """3x3 stride-2 conv with TF 'SAME' padding (asymmetric for even sizes: right/bottom only), or
+    with one pixel on each side (``padding=1``, diffusers' default ``downsample_padding``)."""
 
-    def __init__(self, c: int, with_conv: bool = True):
+    def __init__(self, c: int, with_conv: bool = True, padding: int = 0):
         super().__init__()
         self.conv = conv3x3(c, c, stride=2) if with_conv else None
+        self.padding = padding
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.conv is None:  # the authors' with_conv=False path: 2x2 average pooling
             return F.avg_pool2d(x, 2, ceil_mode=True)
+        if self.padding:
+            return self.conv(F.pad(x, (self.padding,) * 4))
         top, bottom = tf_same_pad(x.shape[-2])
         left, right = tf_same_pad(x.shape[-1])
         return self.conv(F.pad(x, (left, right, top, bottom)))
@@ -243,11 +294,11 @@ class _Level(nn.Module):
 
 
 class _Mid(nn.Module):
-    def __init__(self, c: int, temb_ch: int, dropout: float, groups: int):
+    def __init__(self, c: int, temb_ch: int, dropout: float, groups: int, eps: float = GN_EPS, head_dim: int = 0):
         super().__init__()
-        self.block_1 = ResnetBlock(c, c, temb_ch, dropout, groups)
-        self.attn_1 = AttnBlock(c, groups)
-        self.block_2 = ResnetBlock(c, c, temb_ch, dropout, groups)
+        self.block_1 = ResnetBlock(c, c, temb_ch, dropout, groups, eps)
+        self.attn_1 = AttnBlock(c, groups, eps, head_dim)
+        self.block_2 = ResnetBlock(c, c, temb_ch, dropout, groups, eps)
 
 
 class UNet(nn.Module):
@@ -263,6 +314,7 @@ class UNet(nn.Module):
         config.validate()
         self.config = config
         ch, temb_ch, dropout, groups = config.ch, 4 * config.ch, config.dropout, config.norm_groups
+        eps, head_dim = config.norm_eps, config.attention_head_dim
         self.temb = TimestepMLP(ch, temb_ch)
         self.label_emb = nn.Embedding(config.num_classes + 1, temb_ch) if config.num_classes else None
         self.conv_in = conv3x3(config.in_channels, ch)
@@ -276,32 +328,32 @@ class UNet(nn.Module):
         for i, mult in enumerate(config.ch_mult):
             level = _Level()
             for j in range(config.num_res_blocks):
-                level.block.append(ResnetBlock(cin, ch * mult, temb_ch, dropout, groups))
+                level.block.append(ResnetBlock(cin, ch * mult, temb_ch, dropout, groups, eps))
                 cin = ch * mult
                 if sizes[i] in attn_at:
-                    level.attn[str(j)] = AttnBlock(cin, groups)
+                    level.attn[str(j)] = AttnBlock(cin, groups, eps, head_dim)
                 skip_ch.append(cin)
             if i != len(config.ch_mult) - 1:
-                level.downsample = Downsample(cin, config.resamp_with_conv)
+                level.downsample = Downsample(cin, config.resamp_with_conv, config.downsample_padding)
                 skip_ch.append(cin)
             self.down.append(level)
 
-        self.mid = _Mid(cin, temb_ch, dropout, groups)
+        self.mid = _Mid(cin, temb_ch, dropout, groups, eps, head_dim)
 
         ups = []
         for i, mult in reversed(list(enumerate(config.ch_mult))):
             level = _Level()
             for j in range(config.num_res_blocks + 1):
-                level.block.append(ResnetBlock(cin + skip_ch.pop(), ch * mult, temb_ch, dropout, groups))
+                level.block.append(ResnetBlock(cin + skip_ch.pop(), ch * mult, temb_ch, dropout, groups, eps))
                 cin = ch * mult
                 if sizes[i] in attn_at:
-                    level.attn[str(j)] = AttnBlock(cin, groups)
+                    level.attn[str(j)] = AttnBlock(cin, groups, eps, head_dim)
             if i != 0:
                 level.upsample = Upsample(cin, config.resamp_with_conv)
             ups.append(level)
         self.up = nn.ModuleList(reversed(ups))  # up[i] sits at the resolution of down[i]
 
-        self.norm_out = group_norm(cin, groups)
+        self.norm_out = group_norm(cin, groups, eps)
         self.conv_out = conv3x3(cin, config.out_channels, init_scale=0.0)
 
     @classmethod
@@ -313,7 +365,9 @@ class UNet(nn.Module):
 
     def embed(self, t: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
         """The (B, 4ch) conditioning vector: timestep MLP plus the optional label embedding."""
-        emb = self.temb(timestep_embedding(t, self.config.ch).to(self.temb.dense[0].weight.dtype))
+        c = self.config
+        emb = timestep_embedding(t, c.ch, flip_sin_to_cos=c.flip_sin_to_cos, freq_shift=c.freq_shift)
+        emb = self.temb(emb.to(self.temb.dense[0].weight.dtype))
         if self.label_emb is not None:
             null = self.config.num_classes
             if y is None:

@@ -14,6 +14,7 @@ _EXPORTS = {
     "sample": "ddpm.sampling.api",
     "generate": "ddpm.sampling.api",
     "sampler_config": "ddpm.sampling.api",
+    "FAST_SAMPLER": "ddpm.sampling.api",
     "sampler_names": "ddpm.sampling.registry",
     "get_sampler": "ddpm.sampling.registry",
     "resolve_sampler": "ddpm.sampling.registry",

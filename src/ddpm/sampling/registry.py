@@ -15,7 +15,9 @@ The contract (in the spirit of k-diffusion's ``sample_x(model, x, sigmas, …)``
   it, never for the last step. Sources draw per image (see :mod:`ddpm.sampling.noise`), so image i
   depends only on (seed, i);
 - ``callback(info)``, when given, is called after every step with ``i`` (0-based step count), ``t``
-  (original code timestep just left, or None), ``x`` (the new state) and ``pred_xstart`` (x̂0);
+  (original code timestep just left, or None), ``x`` (the new state) and ``pred_xstart`` (x̂0, or None
+  where a step has none); a sampler whose network-call count is not known ahead (``nfe`` None, e.g.
+  an adaptive ODE solver) adds ``nfe``, the calls made so far;
 - ``t_start`` (samplers with ``supports_t_start``) starts the chain part-way, ``x`` being x_{t_start};
 - ``options`` are the sampler's own settings, declared as :class:`Option` s and validated before the
   call (so samplers may trust them);
@@ -40,6 +42,17 @@ from ddpm.errors import ConfigError
 SAMPLERS: dict[str, str] = {
     "ddpm": "ddpm.sampling.ancestral:ANCESTRAL",
     "ddim": "ddpm.sampling.ddim:DDIM",
+    "euler": "ddpm.sampling.euler:EULER",
+    "euler-ancestral": "ddpm.sampling.euler:EULER_ANCESTRAL",
+    "heun": "ddpm.sampling.euler:HEUN",
+    "dpm-solver": "ddpm.sampling.dpm_solver:DPM_SOLVER",
+    "dpmpp-2m": "ddpm.sampling.dpm_solver:DPMPP_2M",
+    "dpmpp-2s": "ddpm.sampling.dpm_solver:DPMPP_2S",
+    "dpmpp-3m": "ddpm.sampling.dpm_solver:DPMPP_3M",
+    "unipc": "ddpm.sampling.unipc:UNIPC",
+    "ode": "ddpm.sampling.ode:ODE",
+    "pc": "ddpm.sampling.score_sde:PC",
+    "langevin": "ddpm.sampling.score_sde:LANGEVIN",
     "consistency": "ddpm.sampling.consistency:CONSISTENCY",
 }
 
@@ -105,8 +118,9 @@ class SamplerSpec:
     # How many step-noise draws a run makes, (T, steps, spacing, options) -> n; None lets the noise
     # source draw lazily. Knowing it lets per-image noise be drawn in blocks.
     noise_draws: Callable[[int, int | None, str, Mapping[str, Any]], int | None] | None = None
-    # Network evaluations per image, (T, steps, spacing, options) -> n (steps None: the sampler's default).
-    nfe: Callable[[int, int | None, str, Mapping[str, Any]], int] = lambda T, steps, spacing, options: steps or T
+    # Network evaluations per image, (T, steps, spacing, options) -> n (steps None: the sampler's default);
+    # None: not known before the run (adaptive solvers), which then report ``nfe`` in their callbacks.
+    nfe: Callable[[int, int | None, str, Mapping[str, Any]], int | None] = lambda T, steps, spacing, options: steps or T
     supports_t_start: bool = False
     references: str = ""  # the paper(s) it implements, for docs
     option_map: dict = field(default_factory=dict, compare=False)  # filled in __post_init__
@@ -148,8 +162,8 @@ class ResolvedSampler:
         fn = self.spec.noise_draws
         return None if fn is None else fn(num_timesteps, self.steps, self.spacing, self.options)
 
-    def nfe(self, num_timesteps: int) -> int:
-        """Network evaluations per image (guidance doubles the batch, not the count)."""
+    def nfe(self, num_timesteps: int) -> int | None:
+        """Network evaluations per image (guidance doubles the batch, not the count); None: adaptive."""
         return self.spec.nfe(num_timesteps, self.steps, self.spacing, self.options)
 
     def __call__(self, model, diffusion, x, *, noise, model_kwargs: dict | None = None, callback=None,

@@ -13,11 +13,11 @@ Four ways of choosing S for K sampling steps (:func:`timestep_subsequence`):
   K can give fewer than K steps).
 - ``even``: improved DDPM's ``space_timesteps(T, "K")``: K steps evenly spread over [0, T−1], both
   ends included.
-- ``trailing``: s_k = round(k·T/K) − 1, k = 1..K — diffusers' "trailing" spacing (Lin et al. 2024,
-  "Common diffusion noise schedules and sample steps are flawed", Table 2): the chain starts at the
-  last step T−1, where x_T ~ N(0, I) is right, however few steps it has. For K a power of two the K/2
-  grid is every other point of the K grid (k·T/K is exact in binary), which progressive distillation
-  needs (:mod:`ddpm.train.progressive`).
+- ``trailing``: diffusers' ``timestep_spacing="trailing"`` (Lin et al. 2024, "Common diffusion noise
+  schedules and sample steps are flawed", §3.3 / Table 2): s = round(T − k·T/K) − 1 for k = 0..K−1,
+  so the chain always starts at the last step T−1, which few-step samplers need. For K a power of
+  two the K/2 grid is every other point of the K grid (k·T/K is exact in binary), which progressive
+  distillation needs (:mod:`ddpm.train.progressive`).
 """
 
 from __future__ import annotations
@@ -94,7 +94,8 @@ def timestep_subsequence(num_timesteps: int, steps: int, spacing: str = "uniform
     if spacing == "even":
         return space_timesteps(T, [K])
     if spacing == "trailing":
-        return [round(k * T / K) - 1 for k in range(1, K + 1)]
+        # numpy's arange of the float stride and half-to-even rounding, exactly as diffusers
+        return sorted(int(s) - 1 for s in np.arange(T, 0, -T / K).round())
     raise ConfigError(f"unknown spacing {spacing!r}; choose one of {', '.join(SPACINGS)}")
 
 

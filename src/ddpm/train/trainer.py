@@ -13,12 +13,19 @@ Randomness is drawn so that results depend neither on interruptions nor on the n
 Non-finite losses or gradients are detected without a host sync per step: a flag accumulates on the
 device and is read at every log step and before every checkpoint, which is therefore never written
 from a poisoned state.
+
+Only one process writes a run directory: the trainer holds its lock (:mod:`ddpm.lock`) from before
+anything is written until :meth:`Trainer.close`. Progress display, signals (SIGTERM/SIGINT: checkpoint,
+then stop) and time-based checkpoints live in :mod:`ddpm.train.loop_io`; the learning rate, optimizer
+and fp16 loss scaler in :mod:`ddpm.train.optim`; the checked reading of a checkpoint for resume in
+:mod:`ddpm.train.state`.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
-import os
+import json
 import random
 import sys
 import time
@@ -31,48 +38,26 @@ from torch.nn.parallel import DistributedDataParallel
 
 from ddpm import accel
 from ddpm.config import Config
-from ddpm.errors import CheckpointError, ConfigError, DataError, UserError
+from ddpm.errors import CheckpointError, ConfigError, UserError
+from ddpm.lock import DirLock
 from ddpm.train.timesteps import create_timestep_sampler
 from ddpm import checkpoint as ckpt
 from ddpm import distributed
+from ddpm.train.batches import BatchDrawing, _epoch_permutation  # noqa: F401 (_epoch_permutation: tests)
 from ddpm.train.ema import EMA
-from ddpm.train.metrics import MetricsLog
+from ddpm.train.loop_io import CheckpointClock, Progress, StopSignals
+from ddpm.train.metrics import MetricsLog, RunningLoss
 from ddpm.train.objectives import build_objective, pack_state, unpack_state
+from ddpm.train.run_dir import RESUMABLE_FIELDS, take_run_dir  # noqa: F401 (RESUMABLE_FIELDS: API)
+from ddpm.train.optim import LossScaler, build_optimizer, learning_rate, warmup_lr  # noqa: F401 (warmup_lr: API)
+from ddpm.train.state import pack_train_state, read_resume_state, restore_train_state
 from ddpm.train.validate import validate_config
 
-# Fields that may differ between the saved config of a run and the config passed to resume it.
-RESUMABLE_FIELDS = ("steps", "log_every", "sample_every", "ckpt_every", "keep_checkpoints",
-                    "num_sample_images", "sample_steps", "compile", "precision")
+GENERATORS = ("gen_cpu", "gen_dev")  # the trainer's own random streams, saved in every checkpoint
 
 
 class NonFiniteError(UserError):
     """The loss or the gradient norm became inf/NaN."""
-
-
-def warmup_lr(base_lr: float, warmup: int, step: int) -> float:
-    """Learning rate of update number ``step`` (1 for the first update): lr·min(step/warmup, 1).
-
-    The authors' ``get_warmed_up_lr`` evaluates the same formula at the global step *before* the
-    increment, so their first update has lr 0 and only primes Adam's moments; we count the first update
-    as 1, which shifts their ramp by one step (documented in docs/training.md).
-    """
-    if warmup <= 0:
-        return base_lr
-    return base_lr * min(step / warmup, 1.0)
-
-
-_PERM_CACHE: dict[tuple[int, int, int], torch.Tensor] = {}
-
-
-def _epoch_permutation(seed: int, epoch: int, n: int) -> torch.Tensor:
-    """The data order of one epoch: a permutation seeded by (seed, epoch) alone."""
-    key = (seed, epoch, n)
-    if key not in _PERM_CACHE:
-        if len(_PERM_CACHE) > 4:
-            _PERM_CACHE.clear()
-        g = torch.Generator().manual_seed((seed * 1_000_003 + epoch) % (2**63))
-        _PERM_CACHE[key] = torch.randperm(n, generator=g)
-    return _PERM_CACHE[key]
 
 
 def _same_weights(a, b) -> bool:
@@ -86,31 +71,46 @@ def _same_weights(a, b) -> bool:
     return shapes(a) == shapes(b)
 
 
-class Trainer:
+class Trainer(BatchDrawing):
     """Train ``config`` into ``run_dir``; see the module docstring for the design.
 
-    ``resume=True`` continues the run in ``run_dir`` from its newest complete checkpoint (``config`` may
-    be None, or the saved config with different ``train.steps``/logging intervals). ``init_from``
+    ``resume=True`` continues the run in ``run_dir`` from its newest checkpoint that verifies (``config``
+    may be None, or the saved config with different ``train.steps``/logging intervals). ``init_from``
     starts a NEW run from the weights (and EMA) of a checkpoint, e.g. to fine-tune the shipped one or to
     start a distilled student from its teacher (any network with the same parameter names and shapes).
+    ``progress``: True a tqdm bar, None a bar on a terminal and log lines elsewhere, False nothing.
+    ``tensorboard``: True requires it, None uses it when installed, False never. ``handle_signals``:
+    SIGTERM/SIGINT during :meth:`train` save a checkpoint and stop (:attr:`stopped_by` names the signal).
+    Call :meth:`close` when done: it releases the run directory's lock.
     """
 
     def __init__(self, config: Config | None, run_dir, *, device=None, resume: bool = False,
-                 init_from=None, dataset=None, progress: bool | None = None, tensorboard: bool = True):
+                 init_from=None, dataset=None, progress: bool | None = None, tensorboard: bool | None = None,
+                 handle_signals: bool = True):
         self.run_dir = Path(run_dir)
         self.dist, self.device = distributed.setup(device)
         if resume and init_from is not None:
             raise ConfigError("--resume and --init-from exclude each other")
-        config = self._resolve_config(config, resume)
-        self.config = validate_config(config)
+        MetricsLog.check(tensorboard)  # before anything is written
+        self.lock = DirLock(self.run_dir, "run directory")
+        try:
+            self._setup(config, resume, init_from, dataset, progress, tensorboard, handle_signals)
+        except BaseException:
+            self.lock.release()
+            raise
+
+    def _setup(self, config, resume, init_from, dataset, progress, tensorboard, handle_signals) -> None:
+        if config is not None:  # a mistake in the given settings leaves no run directory behind
+            self._check_config(config)
+        config = take_run_dir(self.run_dir, self.lock, config, resume, self.dist)  # locks the run directory
+        self.config = self._check_config(config)
         if self.config.train.precision == "auto":  # saved resolved, so a resume elsewhere keeps it
             train = dataclasses.replace(self.config.train, precision=accel.default_precision(self.device))
             self.config = dataclasses.replace(self.config, train=train)
         tc = self.config.train
-        if tc.batch_size % self.dist.world_size:
-            raise ConfigError(f"train.batch_size={tc.batch_size} is not divisible by the "
-                              f"{self.dist.world_size} ranks")
         self.progress = progress
+        self.handle_signals = handle_signals
+        self.stopped_by: int | None = None
         self.is_main = self.dist.is_main
 
         # ---- data (uint8, moved to the device once when it fits)
@@ -135,13 +135,16 @@ class Trainer:
         self.diffusion = self.config.diffusion.build()
         self.timestep_sampler = create_timestep_sampler(tc.timestep_sampler, self.diffusion.num_timesteps)
         self.objective = build_objective(self.config, self.diffusion, self.device)
-        opt_kw = accel.optimizer_kwargs(self.device)  # fused Adam on CUDA and CPU
-        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=tc.lr, betas=tuple(tc.adam_betas),
-                                          eps=tc.adam_eps, weight_decay=0.0, **opt_kw)
+        self.optimizer = build_optimizer(self.model.parameters(), tc, self.device)
+        self.scaler = LossScaler(tc.precision, self.device)
         self.gen_cpu = torch.Generator().manual_seed(tc.seed)
         self.gen_dev = torch.Generator(device=self.device).manual_seed(tc.seed + 1)
+        self.running = RunningLoss(self.diffusion.num_timesteps, self.device)
         self.step = 0
         self.ema_initialized = False
+        self.elapsed_before = 0.0  # seconds trained by earlier processes of this run
+        self._progress: Progress | None = None
+        self._clock = CheckpointClock(tc.ckpt_minutes)
 
         if resume:
             self._load_state()
@@ -159,81 +162,23 @@ class Trainer:
             if not (self.run_dir / "config.json").exists() or resume:
                 ckpt.write_text_atomic(self.run_dir / "config.json", self.config.to_json())
             self.metrics = MetricsLog(self.run_dir, tensorboard=tensorboard)
+            self.metrics.edges = self.running.edges
             if resume:
                 self.metrics.truncate_after(self.step)
         distributed.barrier()
 
     # ------------------------------------------------------------------ setup helpers
-    def _resolve_config(self, config: Config | None, resume: bool) -> Config:
-        if resume:
-            saved_path = self.run_dir / "config.json"
-            if not saved_path.is_file():
-                raise CheckpointError(f"cannot resume: {self.run_dir} is not a run directory (no config.json)")
-            try:
-                saved = Config.from_json(saved_path.read_text())
-            except (ValueError, TypeError) as e:
-                raise CheckpointError(f"cannot resume: {saved_path} is unreadable ({e})") from None
-            if config is None:
-                return saved
-            a, b = saved.to_dict(), config.to_dict()
-            for t in (a["train"], b["train"]):
-                for k in RESUMABLE_FIELDS:
-                    t.pop(k, None)
-            for d in (a, b):  # the default sampler does not change training
-                d.pop("preset", None), d.pop("sampling", None)
-            if Config.from_dict(a).to_dict() != Config.from_dict(b).to_dict():
-                diff = [f"{s}.{k}" for s in ("model", "diffusion", "train", "data")
-                        for k in a[s] if a[s][k] != b[s].get(k)]
-                raise ConfigError(f"--resume: the given settings differ from the run's saved config in "
-                                  f"{', '.join(diff)}; resume without them or start a new --run-dir")
-            return config
-        if config is None:
-            raise ConfigError("no config given: pass a preset (or resume an existing run)")
-        error = None
-        if self.dist.is_main:  # rank 0 alone looks and creates, then tells the others
-            error = self._claim_run_dir()
-        error = distributed.broadcast_object(error)
-        if error:
-            raise CheckpointError(error)
+    def _check_config(self, config: Config) -> Config:
+        """The config validated, and fitting this device and number of ranks."""
+        config = validate_config(config)
+        tc = config.train
+        if tc.precision == "fp16" and self.device.type != "cuda":
+            raise ConfigError(f"train.precision=fp16 (float16 autocast with a loss scaler) needs a CUDA GPU; on "
+                              f"{self.device.type} use fp32 (or bf16)")
+        if tc.batch_size % (self.dist.world_size * tc.grad_accum):
+            raise ConfigError(f"train.batch_size={tc.batch_size} is not divisible by the {self.dist.world_size} "
+                              f"ranks x train.grad_accum={tc.grad_accum} micro-batches")
         return config
-
-    def _claim_run_dir(self) -> str | None:
-        if self.run_dir.exists() and (not self.run_dir.is_dir() or any(self.run_dir.iterdir())):
-            return (f"run directory {self.run_dir} already exists and is not empty; "
-                    "pass --resume to continue it or choose a new --run-dir")
-        try:
-            self.run_dir.mkdir(parents=True, exist_ok=True)
-        except OSError as e:
-            return f"cannot create run directory {self.run_dir}: {e.strerror}"
-        if not os.access(self.run_dir, os.W_OK):
-            return f"run directory {self.run_dir} is not writable"
-        return None
-
-    def _prepare_data(self) -> None:
-        ds, mc = self.dataset, self.config.model
-        if len(ds) == 0:
-            raise DataError("the training dataset is empty")
-        shape = tuple(ds.shape) if hasattr(ds, "shape") else tuple(ds[0][0].shape)
-        want = tuple(mc.image_shape)
-        if shape != want:
-            raise DataError(f"training images are {'x'.join(map(str, shape))} (CxHxW) but the model expects "
-                            f"{'x'.join(map(str, want))}; set data.resolution/data.channels to match")
-        self.num_examples = len(ds)
-        labels = getattr(ds, "labels", None)
-        if labels is None:
-            labels = torch.tensor([int(ds[i][1]) for i in range(len(ds))])
-        self.labels = labels.long().cpu()
-        if mc.num_classes is not None:
-            if int(labels.min()) < 0:
-                raise DataError("the model is class-conditional but the dataset has no labels; "
-                                "set data.class_labels=true or use a source with labels")
-            if int(labels.max()) >= mc.num_classes:
-                raise DataError(f"the dataset has labels up to {int(labels.max())} but model.num_classes="
-                                f"{mc.num_classes}")
-        images = getattr(ds, "images", None)
-        self.images = images.to(self.device) if images is not None else None
-        self.num_workers = min(4, os.cpu_count() or 1)
-        self._loader_iter, self._loader_step = None, -1
 
     def _init_weights(self, source) -> None:
         """Start from another checkpoint's weights: raw weights for training, its EMA for the EMA."""
@@ -258,128 +203,94 @@ class Trainer:
     def _state(self) -> tuple[dict, dict]:
         pos = self.step * self.config.train.batch_size
         obj_tensors, obj_json = pack_state(self.objective)
-        tensors, js = ckpt.pack_train_state(
+        run_tensors, run_json = self.running.state_dict()
+        tensors, js = pack_train_state(
             self.optimizer, {"gen_cpu": self.gen_cpu, "gen_dev": self.gen_dev}, self.timestep_sampler.state_dict(),
             step=self.step, ema_initialized=self.ema_initialized,
             data_position={"epoch": pos // self.num_examples, "index": pos % self.num_examples},
-            world_size=self.dist.world_size, objective=obj_json)
+            world_size=self.dist.world_size, objective=obj_json, running=run_json,
+            grad_scaler=self.scaler.state_dict())
         tensors.update(obj_tensors)
+        tensors.update(run_tensors)
         return tensors, js
 
     def _load_state(self) -> None:
-        try:
-            directory = ckpt.latest_checkpoint(self.run_dir)
-        except CheckpointError:
-            if ckpt.list_checkpoints(self.run_dir):
-                raise
-            warnings.warn(f"{self.run_dir} has no checkpoint yet; starting it from step 0", stacklevel=3)
+        if not ckpt.list_checkpoints(self.run_dir):
+            warnings.warn(f"{self.run_dir} has no checkpoint yet; starting it from step 0", stacklevel=4)
             return
-        tensors, js = ckpt.load_train_state(directory)
-        model_state, _ = ckpt.read_weights(directory / "model.safetensors")
-        ema_state, _ = ckpt.read_weights(directory / "ema.safetensors")
-        self.model.load_state_dict(model_state)
-        self.ema.load_state_dict(ema_state, initialized=js["ema_initialized"])
-        self.ema_initialized = js["ema_initialized"]
-        self.timestep_sampler.load_state_dict(
-            ckpt.restore_train_state(tensors, js, self.optimizer, {"gen_cpu": self.gen_cpu, "gen_dev": self.gen_dev}))
-        self.objective.load_state_dict(unpack_state(tensors, js.get("objective", {})))
-        self.step = int(js["step"])
+        directory = ckpt.newest_usable(self.run_dir, self._restore)
         if self.is_main:
             print(f"resuming {self.run_dir} from {directory.name}", file=sys.stderr)
 
-    # ------------------------------------------------------------------ one step
-    def _global_indices(self, step: int) -> torch.Tensor:
-        """Dataset indices of the global batch of (0-based) step ``step``."""
-        B, n, seed = self.config.train.batch_size, self.num_examples, self.config.train.seed
-        start = step * B
-        out, pos = [], start
-        while pos < start + B:
-            epoch, i = divmod(pos, n)
-            take = min(n - i, start + B - pos)
-            out.append(_epoch_permutation(seed, epoch, n)[i : i + take])
-            pos += take
-        return torch.cat(out)
-
-    def _fetch(self, idx: torch.Tensor) -> torch.Tensor:
-        if self.images is not None:
-            return self.images[idx.to(self.device, non_blocking=True)]
-        # Lazy folders: DataLoader workers decode ahead. Their batch order is the same pure function
-        # of the step, so prefetching never disturbs exact resume.
-        if self._loader_iter is None or self._loader_step != self.step:
-            self._loader_iter = iter(self._make_loader(self.step))
-        images, _ = next(self._loader_iter)
-        self._loader_step = self.step + 1
-        return images.to(self.device, non_blocking=True)
-
-    def _make_loader(self, start_step: int):
-        trainer = self
-        b = self.config.train.batch_size // self.dist.world_size
-        lo = self.dist.rank * b
-
-        class StepBatches(torch.utils.data.Sampler):
-            def __iter__(self):
-                s = start_step
-                while True:
-                    yield trainer._global_indices(s)[lo : lo + b].tolist()
-                    s += 1
-
-        return torch.utils.data.DataLoader(self.dataset, batch_sampler=StepBatches(), num_workers=self.num_workers,
-                                           pin_memory=self.device.type == "cuda",
-                                           persistent_workers=False)
-
-    def _batch(self):
-        """(x0, t, weights, noise, model_kwargs) of this rank's slice of the next global batch."""
-        tc, mc = self.config.train, self.config.model
-        B = tc.batch_size
-        b = B // self.dist.world_size
-        lo, hi = self.dist.rank * b, (self.dist.rank + 1) * b
-        idx = self._global_indices(self.step)
-        t, weights = self.timestep_sampler.sample(B, device="cpu", generator=self.gen_cpu)
-        flip = torch.rand(B, generator=self.gen_cpu) < 0.5 if tc.random_flip else None
-        y = None
-        if mc.num_classes is not None:
-            y = self.labels[idx]
-            drop = torch.rand(B, generator=self.gen_cpu) < tc.class_dropout
-            y = torch.where(drop, torch.full_like(y, mc.num_classes), y)
-        shape = (B, *mc.image_shape)
-        noise = torch.randn(shape, generator=self.gen_dev, device=self.device)[lo:hi]
-        x = self._fetch(idx[lo:hi]).float() / 127.5 - 1.0
-        if flip is not None:
-            f = flip[lo:hi].to(self.device, non_blocking=True).view(-1, 1, 1, 1)
-            x = torch.where(f, x.flip(3), x)
-        if self.fast.channels_last:
-            x = accel.channels_last_input(x)
-        # Host-to-device copies of these small CPU tensors: non_blocking, else each .to() waits for
-        # the GPU to drain its queue (a host sync per step). Safe from pageable memory: CUDA stages
-        # the bytes before the call returns, and these tensors are fresh every step.
-        kwargs = {"y": y[lo:hi].to(self.device, non_blocking=True)} if y is not None else {}
-        return (x, t[lo:hi].to(self.device, non_blocking=True), weights[lo:hi].to(self.device, non_blocking=True),
-                noise, kwargs)
+    def _restore(self, directory: Path) -> Path:
+        """Load checkpoint ``directory`` into this trainer, or raise CheckpointError (everything is checked
+        before anything is loaded; a later candidate overwrites all of it anyway)."""
+        s = read_resume_state(directory, self.config, list(self.model.parameters()), GENERATORS)
+        tensors, js = s["tensors"], s["json"]
+        try:
+            self.model.load_state_dict(s["model"])
+            self.ema.load_state_dict(s["ema"], initialized=js["ema_initialized"])
+            self.timestep_sampler.load_state_dict(
+                restore_train_state(tensors, js, self.optimizer, {"gen_cpu": self.gen_cpu, "gen_dev": self.gen_dev}))
+            self.objective.load_state_dict(unpack_state(tensors, js.get("objective", {})))
+            self.running.load_state_dict(tensors, js.get("running", {}), rank=self.dist.rank)
+            self.scaler.load_state_dict(js.get("grad_scaler", {}))
+        except (RuntimeError, ValueError, KeyError, TypeError, IndexError) as e:
+            raise CheckpointError(f"checkpoint {directory}: its training state does not load "
+                                  f"({str(e).splitlines()[0] if str(e) else type(e).__name__})") from None
+        self.ema_initialized = bool(js["ema_initialized"])
+        self.step = int(js["step"])
+        try:
+            self.elapsed_before = float(json.loads((directory / "progress.json").read_text())["elapsed_seconds"])
+        except (OSError, ValueError, KeyError, TypeError):
+            self.elapsed_before = 0.0  # written before the time was recorded
+        return directory
 
     def train_step(self) -> torch.Tensor:
-        """One optimizer update; returns the (device) mean loss of this rank's slice."""
+        """One optimizer update; returns the (device) mean loss of this rank's slice.
+
+        With ``train.grad_accum = k`` the slice is processed as k equal micro-batches whose gradients add
+        up to the whole slice's (each micro-batch loss is its mean over k), so the update equals the
+        one-pass update up to float rounding; the draws of the step are those of the whole batch."""
         tc = self.config.train
         x, t, weights, noise, kwargs = self._batch()
         self.model.train()
-        with accel.autocast(self.device, tc.precision):
-            losses = self.objective.losses(self.forward_model, x, t, noise, kwargs)
-        per_example = losses["loss"].float()
-        loss = (per_example * weights).mean()
         self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        k = tc.grad_accum
+        m = x.shape[0] // k
+        parts = []
+        for i in range(k):
+            sl = slice(i * m, (i + 1) * m)
+            micro = {key: v[sl] for key, v in kwargs.items()} if k > 1 else kwargs
+            # under DDP only the last micro-batch all-reduces the accumulated gradient
+            sync = contextlib.nullcontext() if i == k - 1 or not self.dist.enabled else self.ddp_model.no_sync()
+            with sync:
+                with accel.autocast(self.device, tc.precision):
+                    losses = self.objective.losses(self.forward_model, x[sl], t[sl], noise[sl], micro)
+                per_example = losses["loss"].float()
+                loss = (per_example * weights[sl]).mean()
+                self.scaler.backward(loss / k if k > 1 else loss)
+            parts.append(per_example.detach())
+        per_example = torch.cat(parts) if k > 1 else parts[0]
+        if k > 1:
+            loss = (per_example * weights).mean()
+        self.scaler.unscale_(self.optimizer)
         params = [p for p in self.model.parameters() if p.grad is not None]
         clip = tc.grad_clip if tc.grad_clip > 0 else float("inf")
         gnorm = torch.nn.utils.clip_grad_norm_(params, clip, foreach=True)
-        lr = warmup_lr(tc.lr, tc.warmup, self.step + 1)
+        lr = learning_rate(tc, self.step + 1)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
-        self.optimizer.step()
+        self.scaler.step(self.optimizer)
         self.ema.update(self.model)
         self.ema_initialized = True
         self.objective.after_step(self.model)
-        self.timestep_sampler.update_with_losses(t, per_example.detach())
+        self.timestep_sampler.update_with_losses(t, per_example)
+        self.running.add(loss, t, per_example)
         self.step += 1
-        bad = ~(torch.isfinite(loss) & torch.isfinite(gnorm))
+        # fp16: an overflowing gradient is a step the scaler skipped, not a failed run
+        finite = torch.isfinite(loss) if self.scaler.skips_overflow else torch.isfinite(loss) & torch.isfinite(gnorm)
+        bad = ~finite
         self._bad_step = torch.where(bad & ~self._bad, torch.full_like(self._bad_step, self.step), self._bad_step)
         self._bad |= bad
         self._last_gnorm = gnorm.detach()
@@ -398,7 +309,10 @@ class Trainer:
 
     # ------------------------------------------------------------------ loop
     def train(self, steps: int | None = None) -> dict:
-        """Train until global step ``steps`` (default ``config.train.steps``); returns the last metrics."""
+        """Train until global step ``steps`` (default ``config.train.steps``); returns the last metrics.
+
+        A SIGTERM/SIGINT (when ``handle_signals``) ends the step under way, writes a checkpoint and
+        returns early with :attr:`stopped_by` set to the signal number."""
         tc = self.config.train
         target = tc.steps if steps is None else int(steps)
         if target <= 0:
@@ -406,67 +320,95 @@ class Trainer:
         if target <= self.step:
             warnings.warn(f"run is already at step {self.step} >= {target}; nothing to train", stacklevel=2)
             return {"step": self.step}
-        from tqdm.auto import tqdm
-
-        if self.progress is None:  # tqdm's None: show the bar only on a terminal
-            disable = None if self.is_main else True
-        else:
-            disable = not (self.progress and self.is_main)
-        bar = tqdm(total=target, initial=self.step, disable=disable, dynamic_ncols=True, desc="train",
-                   file=sys.stderr)
         record: dict = {"step": self.step}
-        loss_sum = torch.zeros((), device=self.device)
-        n_loss, t0, step0 = 0, time.perf_counter(), self.step
+        self.stopped_by = None
+        self._clock.reset()
+        self._window = (time.perf_counter(), self.step)  # images/s over the steps since the last record
+        progress = Progress(total=target, initial=self.step, batch_size=tc.batch_size, show=self.progress,
+                            is_main=self.is_main, elapsed_before=self.elapsed_before)
+        self._progress = progress
         try:
-            while self.step < target:
-                loss_sum += self.train_step()
-                n_loss += 1
-                bar.update(1)
-                s = self.step
-                last = s == target
-                if s % tc.log_every == 0 or last:
-                    self._check_finite()
-                    total = loss_sum.clone()
-                    if distributed.is_initialized():
-                        torch.distributed.all_reduce(total)
-                        total /= self.dist.world_size
-                    dt = time.perf_counter() - t0
-                    record = {"step": s, "loss": float(total) / n_loss, "grad_norm": float(self._last_gnorm),
-                              "lr": self._last_lr,
-                              "images_per_sec": (s - step0) * tc.batch_size / max(dt, 1e-9)}
-                    if self.is_main:
-                        self.metrics.write(record)
-                        bar.set_postfix(loss=f"{record['loss']:.4f}", img_s=f"{record['images_per_sec']:.0f}")
-                    loss_sum.zero_()
-                    n_loss, t0, step0 = 0, time.perf_counter(), s
-                if tc.sample_every and s % tc.sample_every == 0 and self.objective.makes_samples:
-                    self.sample_grid()
-                if (tc.ckpt_every and s % tc.ckpt_every == 0) or last:
-                    self.save()
+            with StopSignals(self.handle_signals, announce=self.is_main) as signals, progress:
+                while self.step < target:
+                    self.train_step()
+                    s = self.step
+                    last = s == target
+                    logged = None
+                    if s % tc.log_every == 0 or last:
+                        record = logged = self._log(target)
+                    progress.update(s, logged)
+                    if tc.sample_every and s % tc.sample_every == 0 and self.objective.makes_samples:
+                        self.sample_grid()
+                    stop, timed = self._poll(signals, s % tc.log_every == 0 or last)
+                    if (tc.ckpt_every and s % tc.ckpt_every == 0) or last or stop or timed:
+                        self.save()
+                    if stop:
+                        self.stopped_by = stop
+                        break
         finally:
-            bar.close()
+            self.elapsed_before = progress.elapsed()
+            self._progress = None
         return record
+
+    def _log(self, target: int) -> dict:
+        """The metrics record of the current step: means since the last record, timings."""
+        tc = self.config.train
+        self._check_finite()
+        s = self.step
+        loss, by_t = self.running.means(self.dist.world_size if distributed.is_initialized() else 1)
+        t0, step0 = self._window
+        now = time.perf_counter()
+        progress = self._progress
+        record = {"step": s, "loss": loss, "grad_norm": float(self._last_gnorm), "lr": self._last_lr,
+                  "images_per_sec": (s - step0) * tc.batch_size / max(now - t0, 1e-9),
+                  "loss_by_t": by_t, "wall_time": round(time.time(), 3),
+                  "elapsed": round(progress.elapsed(), 3) if progress else None,
+                  "eta": None if progress is None or progress.eta(s) is None else round(progress.eta(s), 1)}
+        if self.is_main:
+            self.metrics.write(record)
+        self.running.reset()
+        self._window = (now, s)
+        return record
+
+    def _poll(self, signals: StopSignals, sync_point: bool) -> tuple[int, bool]:
+        """(signal number that asks to stop or 0, whether a time-based checkpoint is due). Under DDP the
+        ranks agree at log steps only (one small all-reduce), so every rank stops at the same step."""
+        stop, timed = signals.signum or 0, self._clock.due()
+        if not distributed.is_initialized():
+            return stop, timed
+        if not sync_point:
+            return 0, False
+        flags = torch.tensor([stop, int(timed)], device=self.device)
+        torch.distributed.all_reduce(flags, op=torch.distributed.ReduceOp.MAX)
+        return int(flags[0]), bool(flags[1])
 
     # ------------------------------------------------------------------ outputs
     def save(self) -> Path | None:
         """Write a checkpoint of the current step (rank 0); refuses to save a non-finite state."""
         self._check_finite()
+        if distributed.is_initialized():
+            self.running.fold_ranks(self.dist.rank)
         path = None
         if self.is_main:
             tensors, js = self._state()
+            elapsed = self._progress.elapsed() if self._progress is not None else self.elapsed_before
             path = ckpt.save_checkpoint(
                 self.run_dir / "checkpoints" / ckpt.step_dir_name(self.step), config=self.config, step=self.step,
                 model_state=self.model.state_dict(), ema_state=self.ema.state_dict(),
-                train_tensors=tensors, train_json=js)
+                train_tensors=tensors, train_json=js,
+                extra_json={"progress.json": {"elapsed_seconds": round(elapsed, 3), "wall_time": round(time.time(), 3),
+                                              "images_seen": self.step * self.config.train.batch_size}})
             ckpt.write_latest(self.run_dir, path)
             ckpt.prune_checkpoints(self.run_dir, self.config.train.keep_checkpoints)
+        self._clock.reset()
         distributed.barrier()
         return path
 
     @torch.no_grad()
     def sample_grid(self) -> Path | None:
-        """EMA samples as ``samples/step_XXXXXXX.png``; the training RNG streams are left untouched."""
-        from ddpm.images import save_grid
+        """EMA samples as ``samples/step_XXXXXXX.png`` (and TensorBoard's ``samples`` image); the
+        training RNG streams are left untouched."""
+        from ddpm.images import make_grid, save_image, to_uint8
         from ddpm.sampling.api import generate
 
         n = self.config.train.num_sample_images
@@ -484,9 +426,15 @@ class Trainer:
         if not self.is_main:
             return None
         path = self.run_dir / "samples" / f"{ckpt.step_dir_name(self.step)}.png"
-        save_grid(x, path, nrow=nc if nc else None)
+        grid = make_grid(to_uint8(x), nrow=nc if nc else None)
+        save_image(grid, path)
+        self.metrics.image("samples", grid, self.step)
         return path
 
     def close(self) -> None:
-        if self.is_main:
-            self.metrics.close()
+        """Close the logs and release the run directory's lock."""
+        try:
+            if self.is_main and hasattr(self, "metrics"):
+                self.metrics.close()
+        finally:
+            self.lock.release()
