@@ -257,7 +257,7 @@ NO_RUNTIME = {("info",), ("plot",), ("convert", "tf"), ("convert", "dit"), ("con
 # Commands that write files named by a flag refuse to replace them without --overwrite; the others
 # write into a run or work folder they resume (train, eval nll/rate-distortion/sweep, repro) or print.
 OVERWRITE = {("sample",), ("figure", "progressive"), ("figure", "shared"), ("figure", "interpolate"),
-             ("eval", "fid"), ("eval", "is"), ("eval", "fid-stats"), ("eval", "quality"),
+             ("eval", "fid"), ("eval", "is"), ("eval", "fid-stats"), ("eval", "quality"), ("eval", "classifier"),
              ("convert", "tf"), ("convert", "dit"), ("convert", "diffusers"), ("convert", "to-diffusers")}
 
 

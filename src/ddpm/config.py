@@ -141,6 +141,10 @@ class Config:
         self.model = self.model.with_data(channels=self.data.channels, resolution=self.data.resolution,
                                           num_classes=data_num_classes(self.data, self.model),
                                           learn_sigma=self.diffusion.var_type in LEARNED_VARIANCES)
+        # Networks whose parameterisation depends on the noise schedule (a consistency model's
+        # boundary coefficients) take it from the diffusion, again so it is never set twice.
+        if hasattr(self.model, "with_diffusion"):
+            self.model = self.model.with_diffusion(self.diffusion)
 
     @classmethod
     def for_network(cls, model, diffusion: DiffusionConfig | None = None, **kw) -> "Config":
@@ -181,7 +185,10 @@ class Config:
 
 # Network fields that Config derives from data/diffusion, with the setting to change instead.
 DERIVED_MODEL_FIELDS = {"in_channels": "data.channels", "resolution": "data.resolution",
-                        "out_channels": "diffusion.var_type", "num_classes": "data.class_labels"}
+                        "out_channels": "diffusion.var_type", "num_classes": "data.class_labels",
+                        # a consistency model's copy of the noise schedule
+                        "schedule": "diffusion.schedule", "beta_start": "diffusion.beta_start",
+                        "beta_end": "diffusion.beta_end", "num_timesteps": "diffusion.num_timesteps"}
 
 
 def _registry():

@@ -407,6 +407,17 @@ class GaussianDiffusion:
         }
 
     # ------------------------------------------------------------------ sampling (Algorithm 2)
+    def original_timesteps(self, t: torch.Tensor) -> torch.Tensor:
+        """The timesteps the network sees for this chain's ``t`` (a respaced chain maps them)."""
+        return t
+
+    def condition_mean(self, cond_fn, p_mean_var: dict, x_t: torch.Tensor, t: torch.Tensor,
+                       model_kwargs: dict | None = None) -> torch.Tensor:
+        """μ + Σ·g with g = ``cond_fn(x_t, t, **model_kwargs)`` evaluated at x_t and the network's
+        timesteps (Sohl-Dickstein et al. 2015; Dhariwal & Nichol 2021, Algorithm 1)."""
+        gradient = cond_fn(x_t, self.original_timesteps(t), **(model_kwargs or {}))
+        return p_mean_var["mean"] + p_mean_var["variance"] * gradient
+
     def p_sample(
         self,
         model,
@@ -417,15 +428,20 @@ class GaussianDiffusion:
         model_kwargs: dict | None = None,
         generator: torch.Generator | None = None,
         denoised_fn: Callable[[torch.Tensor], torch.Tensor] | None = None,
+        cond_fn: Callable[..., torch.Tensor] | None = None,
     ) -> dict[str, torch.Tensor]:
         """One ancestral step x_t -> x_{t−1} = μθ + σ z, with z masked to 0 where t = 0.
 
+        ``cond_fn(x_t, t, **model_kwargs)`` (optional) is a gradient g of a log-probability, e.g.
+        s·∇ log p_φ(y | x_t) of a classifier; the mean becomes μθ + Σ·g (:meth:`condition_mean`).
         Returns ``sample``, ``pred_xstart``, ``mean`` and ``log_variance``.
         """
         t = self._timesteps(t, x_t)
         out = self.p_mean_variance(
             model, x_t, t, clip_denoised=clip_denoised, model_kwargs=model_kwargs, denoised_fn=denoised_fn
         )
+        if cond_fn is not None:
+            out["mean"] = self.condition_mean(cond_fn, out, x_t, t, model_kwargs)
         if noise is None:
             noise = randn_like(x_t, generator)
         nonzero = (t != 0).to(out["mean"].dtype).reshape(-1, *((1,) * (x_t.ndim - 1)))
@@ -450,6 +466,7 @@ class GaussianDiffusion:
         device=None,
         t_start: int | None = None,
         denoised_fn: Callable[[torch.Tensor], torch.Tensor] | None = None,
+        cond_fn: Callable[..., torch.Tensor] | None = None,
     ) -> Iterator[dict]:
         """Run Algorithm 2, yielding after each step a dict with ``t`` (the code step just taken, an
         int from ``t_start`` down to 0), ``sample`` (its output x_{t−1}; the last one is x0) and
@@ -459,7 +476,7 @@ class GaussianDiffusion:
         ``step_noise[t]`` (a (T, B, ...) tensor or a callable ``t -> tensor``) is the noise of the
         step taken at code step t (the step at t = 0 uses none). ``t_start`` starts the chain
         part-way: ``noise`` is then the input of step ``t_start`` (x_{t_start} in code indexing).
-        Runs without autograd.
+        ``cond_fn`` shifts every step's mean (:meth:`p_sample`). Runs without autograd.
         """
         t_start = self.num_timesteps - 1 if t_start is None else int(t_start)
         if not 0 <= t_start < self.num_timesteps:
@@ -478,7 +495,7 @@ class GaussianDiffusion:
             with torch.no_grad():
                 out = self.p_sample(
                     model, x, t, noise=z, clip_denoised=clip_denoised, model_kwargs=model_kwargs,
-                    denoised_fn=denoised_fn,
+                    denoised_fn=denoised_fn, cond_fn=cond_fn,
                 )
             x = out["sample"]
             yield {"t": i, "sample": x, "pred_xstart": out["pred_xstart"]}
@@ -496,6 +513,7 @@ class GaussianDiffusion:
         device=None,
         t_start: int | None = None,
         denoised_fn: Callable[[torch.Tensor], torch.Tensor] | None = None,
+        cond_fn: Callable[..., torch.Tensor] | None = None,
     ) -> torch.Tensor:
         """Algorithm 2: x_T ~ N(0, I), T ancestral steps, returns x0 (in [-1, 1] when clipping).
 
@@ -506,7 +524,7 @@ class GaussianDiffusion:
         for final in self.p_sample_loop_progressive(
             model, shape, noise=noise, step_noise=step_noise, clip_denoised=clip_denoised, progress=progress,
             model_kwargs=model_kwargs, generator=generator, device=device, t_start=t_start,
-            denoised_fn=denoised_fn,
+            denoised_fn=denoised_fn, cond_fn=cond_fn,
         ):
             pass
         return final["sample"]

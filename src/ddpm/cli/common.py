@@ -8,6 +8,8 @@
   :class:`ddpm.config.SamplerConfig` on top of a checkpoint's default (:func:`add_sampler_args`,
   :func:`sampler_config_from_args`, :func:`class_labels_from_args`), checked once by
   :func:`ddpm.sampling.registry.resolve_sampler`;
+- classifier guidance: ``--classifier --classifier-scale --model-null-label`` (:func:`add_classifier_args`,
+  :func:`classifier_from_args`);
 - outputs: ``--overwrite`` (:func:`add_overwrite_arg`), every output path and format checked before
   any computing (:func:`check_output`, on :func:`ddpm.outputs.check_output`), the memory a sampling
   run needs checked before it allocates (:func:`check_memory`), and the one-line summary of what was
@@ -176,7 +178,7 @@ def add_sampler_args(p, *, classes: bool = True) -> None:
                    help="the measured fast sampler (ddpm.sampling.FAST_SAMPLER, docs/sampling.md) instead of "
                         "the checkpoint's default; --steps/--spacing/--option still override it")
     g.add_argument("--steps", type=positive_int, help="network steps (default: all T of the model)")
-    g.add_argument("--spacing", help="which timesteps K steps visit (ddpm/ddim: uniform, quadratic, even; "
+    g.add_argument("--spacing", help="which timesteps K steps visit (ddpm/ddim: uniform, quadratic, even, trailing; "
                         "each sampler lists its own in docs/sampling.md)")
     # Ranges are the registry's to check (resolve_sampler), so every entry point says the same thing.
     g.add_argument("--eta", type=finite_float(), help="DDIM's eta in [0, 1] (ddim only; default 0)")
@@ -209,6 +211,35 @@ def sampler_config_from_args(args, base=None):
         cfg = args.sampler  # another sampler: start from its defaults, not the checkpoint's options
     return sampler_config(cfg if cfg is not None else "ddpm", steps=args.steps, spacing=args.spacing,
                           guidance=args.guidance, clip_denoised=args.clip_denoised, options=options)
+
+
+def add_classifier_args(p, *, scale_type=None) -> None:
+    """Classifier guidance (Dhariwal & Nichol 2021) on top of any sampler; ``scale_type`` parses
+    ``--classifier-scale`` (default: one number ≥ 0)."""
+    g = p.add_argument_group("classifier guidance (Dhariwal & Nichol 2021; see docs/distillation.md)")
+    g.add_argument("--classifier", metavar="CKPT",
+                   help="a noise-aware classifier checkpoint (ddpm train --preset digits-classifier) that steers "
+                        "samples towards --class; the ddpm sampler shifts the mean (Algorithm 1), the others "
+                        "shift eps (Algorithm 2)")
+    g.add_argument("--classifier-scale", type=scale_type or finite_float(0.0), metavar="S",
+                   help="gradient scale s >= 0 (default 1; needs --classifier)")
+    g.add_argument("--model-null-label", action="store_true",
+                   help="give a class-conditional model its null label (unconditional samples) so that only the "
+                        "classifier sees --class")
+
+
+def classifier_from_args(args, diffusion, device):
+    """(classifier network or None, scale, condition_model) that the classifier flags ask for."""
+    path = getattr(args, "classifier", None)
+    scale = getattr(args, "classifier_scale", None)
+    if path is None:
+        if scale is not None or getattr(args, "model_null_label", False):
+            raise ConfigError("--classifier-scale and --model-null-label need --classifier CKPT")
+        return None, 0.0, True
+    from ddpm.sampling.classifier_guidance import load_classifier
+
+    return load_classifier(path, diffusion, device=device), (1.0 if scale is None else scale), \
+        not args.model_null_label
 
 
 def class_labels_from_args(args, num_classes: int | None, n: int, first_index: int = 0):

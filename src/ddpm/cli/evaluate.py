@@ -1,5 +1,6 @@
-"""``ddpm eval nll|rate-distortion|fid|is|fid-stats|quality|sweep``: Table 1's NLL, IS and FID, Fig. 5 /
-Table 4, and offline sample quality on the digits feature network (:mod:`ddpm.cli.quality`).
+"""``ddpm eval nll|rate-distortion|fid|is|fid-stats|quality|sweep|classifier``: Table 1's NLL, IS and FID,
+Fig. 5 / Table 4, offline sample quality on the digits feature network and a noisy classifier's accuracy
+by noise level (:mod:`ddpm.cli.quality`).
 
 Thin layer over :mod:`ddpm.evaluate`; see ``docs/evaluation.md`` for the protocol. Outputs are checked
 before any computing and written atomically (:mod:`ddpm.outputs`); files named by a flag (``--json``,

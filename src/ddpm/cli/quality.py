@@ -10,6 +10,7 @@ import argparse
 import time
 
 from ddpm.cli import common
+from ddpm.errors import ConfigError
 
 
 def _classes(text: str):
@@ -72,6 +73,7 @@ def add_parsers(sub) -> None:
                        description=__doc__)
     _shared(q, n_default=500)
     common.add_sampler_args(q, classes=False)
+    common.add_classifier_args(q)
     q.add_argument("--json", help="write the scores (and the real-vs-real floor) to this JSON file")
     common.add_overwrite_arg(q, "--json file")
     q.set_defaults(func=run_quality)
@@ -87,6 +89,7 @@ def add_parsers(sub) -> None:
                    help="clip x̂0 to [-1, 1] in every step, for every setting (default: each setting's own, yes)")
     q.add_argument("--guidance", type=_floats, default=[0.0],
                    help="comma list of guidance weights w >= 0 (default 0); " + common.GUIDANCE_HELP)
+    common.add_classifier_args(q, scale_type=_floats)
     q.add_argument("--json", required=True, help="the sweep's table; rows already in it are kept, not re-run "
                                                  "(the table is updated in place, atomically)")
     q.add_argument("--plot", help="write FD vs NFE and vs seconds to this PNG (redrawn from the table on "
@@ -94,6 +97,22 @@ def add_parsers(sub) -> None:
     q.add_argument("--markdown", help="write the whole table (every row of --json, and the floor) as Markdown "
                                       "(redrawn on every run)")
     q.set_defaults(func=run_sweep)
+
+    q = sub.add_parser("classifier", help="a noisy classifier's held-out accuracy at each noise level",
+                       description="Accuracy of a noise-aware classifier (ddpm train --preset digits-classifier) on "
+                                   "its data set's held-out split noised to t in each range (Dhariwal & Nichol "
+                                   "2021, §4).")
+    q.add_argument("--ckpt", required=True, help="the classifier: run dir, checkpoint dir or weights file")
+    q.add_argument("--ranges", default="0-0,0-99,100-299,300-599,600-999",
+                   help="comma list of code-timestep ranges (default 0-0,0-99,100-299,300-599,600-999)")
+    q.add_argument("--split", default="test", choices=("train", "test"), help="default: test (held out)")
+    q.add_argument("--draws", type=common.positive_int, default=1, help="(t, eps) draws per image (default 1)")
+    q.add_argument("--seed", type=common.seed, default=0, help="seed of the t and eps draws")
+    q.add_argument("--batch-size", type=common.positive_int, default=250, help="default 250")
+    q.add_argument("--json", help="write the rows to this JSON file")
+    common.add_overwrite_arg(q, "--json file")
+    common.add_runtime_args(q)
+    q.set_defaults(func=run_classifier)
 
 
 def _load(args):
@@ -124,10 +143,12 @@ def run_quality(args: argparse.Namespace) -> int:
         common.check_output(args.json, overwrite=args.overwrite, flag="--json")
     ck, device, instrument = _load(args)
     sampler = common.sampler_config_from_args(args, ck.config.sampling)
+    classifier, scale, condition_model = common.classifier_from_args(args, ck.diffusion, device)
     common.check_memory(ck.config.model, args.num, args.batch_size, sampler, device)
     row = measure(ck, sampler, n=args.num, classes=args.classes, seed=args.seed, batch_size=args.batch_size,
                   device=device, progress=common.show_progress(args), fast=common.fast_path_from_args(args, device),
-                  instrument=instrument)
+                  instrument=instrument, classifier=classifier, classifier_scale=scale,
+                  condition_model=condition_model, classifier_path=args.classifier)
     print(f"features: {instrument.describe()}")
     print(format_row(row))
     if "floor" in row:
@@ -154,15 +175,25 @@ def run_sweep(args: argparse.Namespace) -> int:
     if args.markdown:
         common.check_output(args.markdown, may_exist=True, flag="--markdown")
     ck, device, instrument = _load(args)
+    scales = args.classifier_scale
+    args.classifier_scale = None  # a list here: checked and used below, not by classifier_from_args
+    classifier, _, condition_model = common.classifier_from_args(args, ck.diffusion, device)
+    if scales is not None and classifier is None:
+        raise ConfigError("--classifier-scale needs --classifier CKPT")
+    if scales is not None and min(scales) < 0:
+        raise ConfigError(f"--classifier-scale values must be ≥ 0, got {scales}")
     configs = sampler_configs(ck.config.sampling, parse_samplers(args.samplers), args.steps, args.guidance,
                               args.spacing, args.clip_denoised)
-    cond = ck.config.model.num_classes is not None and args.classes != "null"
+    cond = ck.config.model.num_classes is not None and args.classes != "null" and condition_model
     for cfg in configs:  # every setting checked before the first image is drawn
         resolve_sampler(cfg, ck.diffusion.num_timesteps, num_classes=ck.config.model.num_classes, labels=cond)
-    print(f"{len(configs)} settings × {args.num} images on {device}; table: {args.json}")
+    n_settings = len(configs) * (len(scales or [1.0]) if classifier is not None else 1)
+    print(f"{n_settings} settings × {args.num} images on {device}; table: {args.json}")
     rows = run_sweep(ck, configs, n=args.num, json_path=args.json, classes=args.classes, seed=args.seed,
                      batch_size=args.batch_size, device=device, progress=common.show_progress(args),
-                     fast=common.fast_path_from_args(args, device), instrument=instrument)
+                     fast=common.fast_path_from_args(args, device), instrument=instrument, classifier=classifier,
+                     classifier_scales=scales or [1.0], condition_model=condition_model,
+                     classifier_path=args.classifier)
     floor = floor_of(instrument, args.num) if args.num <= len(instrument.reference()[0]) // 2 else None
     if floor:
         print(format_floor(floor, args.num))
@@ -176,4 +207,39 @@ def run_sweep(args: argparse.Namespace) -> int:
         write_text(args.markdown, markdown_table(rows, {"n": args.num, **floor} if floor else None))
     print(common.summary(f"swept {len(configs)} settings x {args.num} images of {args.ckpt} (step {ck.step})",
                          time.perf_counter() - t0, [args.json, args.plot, args.markdown]))
+    return 0
+
+
+def run_classifier(args: argparse.Namespace) -> int:
+    import dataclasses
+
+    import torch
+
+    from ddpm.checkpoint import load_checkpoint
+    from ddpm.data import load_dataset
+    from ddpm.evaluate.noisy_classifier import accuracy_by_noise, format_rows, parse_ranges
+    from ddpm.outputs import ensure_parent, provenance, write_json
+
+    t0 = time.perf_counter()
+    if args.json:
+        common.check_output(args.json, overwrite=args.overwrite, flag="--json")
+    device = common.setup_runtime(args)
+    ck = load_checkpoint(args.ckpt, device=device)
+    if getattr(ck.config.model, "arch", None) != "classifier":
+        raise ConfigError(f"{args.ckpt} is not a noisy classifier (model.arch {ck.config.model.arch!r})")
+    ranges = parse_ranges(args.ranges, ck.diffusion.num_timesteps)
+    data = load_dataset(dataclasses.replace(ck.config.data, split=args.split))
+    images = torch.stack([data[i][0] for i in range(len(data))]).float() / 127.5 - 1.0
+    labels = torch.as_tensor([int(data[i][1]) for i in range(len(data))])
+    rows = accuracy_by_noise(ck.model, ck.diffusion, images, labels, ranges, draws=args.draws, seed=args.seed,
+                             batch_size=args.batch_size, device=device, progress=common.show_progress(args))
+    print(f"{args.ckpt} on {len(images)} {args.split} images of {ck.config.data.source}:")
+    print(format_rows(rows))
+    if args.json:
+        ensure_parent(common.check_output(args.json, overwrite=args.overwrite, flag="--json"))
+        write_json(args.json, {"checkpoint": str(ck.path), "step": ck.step, "split": args.split, "rows": rows,
+                               "provenance": provenance(checkpoint=ck, source=args.ckpt, seed=args.seed,
+                                                        timings={"total": time.perf_counter() - t0})})
+    print(common.summary(f"measured the classifier {args.ckpt} (step {ck.step}) on {len(images)} images",
+                         time.perf_counter() - t0, [args.json]))
     return 0

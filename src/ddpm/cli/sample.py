@@ -49,6 +49,7 @@ def add_parser(subparsers) -> None:
                                                 "with labels and provenance keys")
     common.add_overwrite_arg(p, "--grid/--npz files (and their .json sidecars)")
     common.add_sampler_args(p)
+    common.add_classifier_args(p)
     common.add_runtime_args(p)
     common.add_speed_args(p)
     p.set_defaults(func=run)
@@ -97,9 +98,11 @@ def run(args) -> int:
     info, device = distributed.setup(device)
     loaded = load_checkpoint(args.ckpt, use_ema=not args.raw, device=device)
     num_classes = loaded.config.model.num_classes
+    classifier, scale, condition_model = common.classifier_from_args(args, loaded.diffusion, device)
+    label_classes = num_classes if classifier is None else classifier.config.num_classes
     sampler = common.sampler_config_from_args(args, loaded.config.sampling)
     common.check_memory(loaded.config.model, args.num, args.batch_size, sampler, device)  # before any list of n
-    labels = common.class_labels_from_args(args, num_classes, args.num, first)
+    labels = common.class_labels_from_args(args, label_classes, args.num, first)
     resolved = resolve_sampler(sampler, loaded.diffusion.num_timesteps, num_classes=num_classes,
                                labels=labels is not None)
     fast = common.fast_path_from_args(args, device)
@@ -107,7 +110,8 @@ def run(args) -> int:
     x = generate(loaded.model, loaded.diffusion, args.num, batch_size=args.batch_size, sampler=sampler,
                  class_labels=labels, seed=args.seed, device=device,
                  progress=common.show_progress(args, info.is_main), rank=info.rank,
-                 world_size=info.world_size, fast=fast, first_index=first)
+                 world_size=info.world_size, fast=fast, first_index=first,
+                 classifier=classifier, classifier_scale=scale, condition_model=condition_model)
     x = distributed.gather_shards(x, info)
     distributed.barrier()
     distributed.cleanup()  # leave the process group cleanly before any rank exits
@@ -142,10 +146,13 @@ def _write(args, x, outputs, loaded, resolved, labels, first, timings) -> None:
     n = len(images)
     num_classes = loaded.config.model.num_classes
     per_image = None
-    if num_classes is not None:  # the label each image was drawn with; -1 = the null label
+    if num_classes is not None or labels is not None:  # the label each image was drawn with; -1 = the null label
         per_image = np.full(n, -1, np.int64) if labels is None else np.broadcast_to(np.asarray(labels), (n,)).astype(np.int64)
+    guide = {} if not getattr(args, "classifier", None) else {"classifier_guidance": {
+        "checkpoint": args.classifier, "scale": 1.0 if args.classifier_scale is None else args.classifier_scale,
+        "model_null_label": bool(args.model_null_label)}}
     record = provenance(checkpoint=loaded, source=args.ckpt, sampler=resolved, seed=args.seed, labels=labels,
-                        num_images=n, first_index=first, device=str(x.device), timings=timings)
+                        num_images=n, first_index=first, device=str(x.device), timings=timings, **guide)
     for path, kind in outputs:
         if kind == "png":
             ensure_parent(path)

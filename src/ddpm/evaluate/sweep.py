@@ -1,7 +1,8 @@
 """Quality against cost: sample with one sampler setting, time it, score it (:mod:`.quality`), and
 sweep many settings into one resumable table and plot.
 
-A row is keyed by its sampler settings (name, steps, spacing, options, guidance, classes), n and seed;
+A row is keyed by its sampler settings (name, steps, spacing, options, guidance, classes), the classifier
+guidance (classifier, scale, null label for the model; None without), n and seed;
 a sweep appends each finished row to its JSON file (written whole and renamed, so an interrupted sweep
 leaves the previous file intact) and skips rows already there when run again.
 """
@@ -49,10 +50,15 @@ def instrument_for(config, features: str = "digits", *, inception=None, ref_imag
 
 
 def measure(ck, sampler, *, n: int, classes="all", seed: int = 0, batch_size: int = 100, device=None,
-            progress: bool = False, fast=None, with_floor: bool = True, instrument=None) -> dict:
+            progress: bool = False, fast=None, with_floor: bool = True, instrument=None, classifier=None,
+            classifier_scale: float = 0.0, condition_model: bool = True, classifier_path=None) -> dict:
     """Generate n images from checkpoint ``ck`` with ``sampler`` (a SamplerConfig), score them with
     ``instrument`` (default: the digits features) and return one row: the settings, n, nfe, seconds,
-    seconds_per_image and the scores (and the real-vs-real floor)."""
+    seconds_per_image and the scores (and the real-vs-real floor).
+
+    ``classifier`` (a noisy classifier network, its checkpoint ``classifier_path`` recorded in the row)
+    guides towards the requested classes with ``classifier_scale``; ``condition_model=False`` gives a
+    class-conditional model its null label so that only the classifier sees the class."""
     import torch
 
     from ddpm.evaluate.quality import floor_of, score_images
@@ -62,7 +68,9 @@ def measure(ck, sampler, *, n: int, classes="all", seed: int = 0, batch_size: in
     if instrument is None:
         instrument = instrument_for(ck.config)
     num_classes = ck.config.model.num_classes
-    labels = class_labels(classes, num_classes, n)
+    labels = class_labels(classes, num_classes if classifier is None else classifier.config.num_classes, n)
+    if classifier is not None and labels is None:
+        raise ConfigError("classifier guidance needs classes to guide towards: --class all or a class index")
     resolved = resolve_sampler(sampler, ck.diffusion.num_timesteps, num_classes=num_classes,
                                labels=labels is not None)
     rows_in = [0]  # images the network saw: the measured NFE (adaptive samplers declare none)
@@ -74,7 +82,8 @@ def measure(ck, sampler, *, n: int, classes="all", seed: int = 0, batch_size: in
     t0 = time.perf_counter()
     try:
         x = generate(ck.model, ck.diffusion, n, batch_size=batch_size, sampler=sampler, class_labels=labels,
-                     seed=seed, device=device, progress=progress, fast=fast)
+                     seed=seed, device=device, progress=progress, fast=fast, classifier=classifier,
+                     classifier_scale=classifier_scale, condition_model=condition_model)
     finally:
         if hook is not None:
             hook.remove()
@@ -86,7 +95,8 @@ def measure(ck, sampler, *, n: int, classes="all", seed: int = 0, batch_size: in
     if labels is not None:
         requested = np.asarray(labels if isinstance(labels, list) else [labels] * n)
     report = score_images(x, requested, seed=seed, instrument=instrument)
-    row = {**row_key(sampler, n=n, classes=classes if num_classes else "null", seed=seed),
+    guide = None if classifier is None else (str(classifier_path), classifier_scale, not condition_model)
+    row = {**row_key(sampler, n=n, classes=classes if labels is not None else "null", seed=seed, classifier=guide),
            "features": instrument.describe(),
            "describe": resolved.describe(), "nfe": declared if declared is not None or measured is None else round(measured, 1),
            "nfe_measured": measured, "batch_factor": batch_factor, "seconds": round(seconds, 3),
@@ -98,10 +108,13 @@ def measure(ck, sampler, *, n: int, classes="all", seed: int = 0, batch_size: in
     return row
 
 
-def row_key(sampler, *, n: int, classes, seed: int) -> dict:
+def row_key(sampler, *, n: int, classes, seed: int, classifier: tuple | None = None) -> dict:
+    """``classifier``: (checkpoint, scale, model given the null label) of classifier guidance, or None."""
+    path, scale, null = classifier if classifier is not None else (None, None, None)
     return {"sampler": sampler.sampler, "steps": sampler.steps, "spacing": sampler.spacing,
             "options": dict(sampler.options), "guidance": sampler.guidance, "clip": sampler.clip_denoised,
-            "classes": classes, "n": n, "seed": seed}
+            "classes": classes, "n": n, "seed": seed, "classifier": path, "classifier_scale": scale,
+            "model_null_label": null}
 
 
 def _same(row: dict, key: dict) -> bool:
@@ -148,34 +161,42 @@ def write_rows(path: str | os.PathLike, rows: list[dict], meta: dict) -> None:
 
 
 def run_sweep(ck, configs: list, *, n: int, json_path, classes="all", seed: int = 0, batch_size: int = 100,
-              device=None, progress: bool = False, fast=None, log=print, instrument=None) -> list[dict]:
-    """Measure every SamplerConfig in ``configs`` that ``json_path`` does not already hold."""
+              device=None, progress: bool = False, fast=None, log=print, instrument=None, classifier=None,
+              classifier_scales=(1.0,), condition_model: bool = True, classifier_path=None) -> list[dict]:
+    """Measure every SamplerConfig in ``configs`` (× every classifier scale, with a ``classifier``)
+    that ``json_path`` does not already hold."""
     from ddpm.evaluate.quality import floor_of
 
     if instrument is None:
         instrument = instrument_for(ck.config)
     rows = load_rows(json_path)
-    cls = classes if ck.config.model.num_classes else "null"
+    cls = classes if (ck.config.model.num_classes or classifier is not None) else "null"
     fits = n <= len(instrument.reference()[0]) // 2
     meta = {"checkpoint": str(ck.path) if ck.path else None, "step": ck.step, "features": instrument.describe(),
             "floor": {"n": n, **floor_of(instrument, n)} if fits else None}
-    for i, cfg in enumerate(configs):
-        key = {**row_key(cfg, n=n, classes=cls, seed=seed), "features": instrument.describe()}
+    settings = [(cfg, s) for cfg in configs for s in (classifier_scales if classifier is not None else [0.0])]
+    for i, (cfg, scale) in enumerate(settings):
+        guide = None if classifier is None else (str(classifier_path), scale, not condition_model)
+        key = {**row_key(cfg, n=n, classes=cls, seed=seed, classifier=guide), "features": instrument.describe()}
+        what = f"{cfg.sampler} steps={cfg.steps} {cfg.options} w={cfg.guidance}" + (f" s={scale:g}" if guide else "")
         if any(_same(r, key) for r in rows):
-            log(f"[{i + 1}/{len(configs)}] {cfg.sampler} steps={cfg.steps} {cfg.options} w={cfg.guidance}: done before, kept")
+            log(f"[{i + 1}/{len(settings)}] {what}: done before, kept")
             continue
         row = measure(ck, cfg, n=n, classes=classes, seed=seed, batch_size=batch_size, device=device,
-                      progress=progress, fast=fast, with_floor=False, instrument=instrument)
+                      progress=progress, fast=fast, with_floor=False, instrument=instrument, classifier=classifier,
+                      classifier_scale=scale, condition_model=condition_model, classifier_path=classifier_path)
         rows.append(row)
         write_rows(json_path, rows, meta)
-        log(f"[{i + 1}/{len(configs)}] {format_row(row)}")
+        log(f"[{i + 1}/{len(settings)}] {format_row(row)}")
     write_rows(json_path, rows, meta)
     return rows
 
 
 def format_row(r: dict) -> str:
     acc = "" if r.get("accuracy") is None else f"  acc {100 * r['accuracy']:5.1f} ± {100 * r['accuracy_std']:.1f}%"
-    return (f"{r['describe']:<44} NFE {r['nfe']:>5}  FD {r['fd']:8.2f} ± {r['fd_std']:6.2f}  "
+    scale = r.get("classifier_scale")
+    what = r["describe"] + (f", classifier s={scale:g}" if scale is not None else "")
+    return (f"{what:<44} NFE {r['nfe']:>5}  FD {r['fd']:8.2f} ± {r['fd_std']:6.2f}  "
             f"KID {r['kid']:.4f} ± {r['kid_std']:.4f}  P {r['precision']:.3f} R {r['recall']:.3f}"
             f"{acc}  {r['seconds_per_image']:.3f} s/img")
 
@@ -216,7 +237,7 @@ def markdown_table(rows: list[dict], floor: dict | None = None) -> str:
 def _label(r: dict) -> str:
     opts = ",".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in sorted(r["options"].items()))
     w = f" w={r['guidance']:g}" if r["guidance"] else ""
-    return f"{r['sampler']}" + (f" {opts}" if opts else "") + w
+    return f"{r['sampler']}" + (f" {opts}" if opts else "") + w + (" classifier" if r.get("classifier") else "")
 
 
 def plot_sweep(rows: list[dict], path, *, floor: dict | None = None, title: str = "") -> Path:

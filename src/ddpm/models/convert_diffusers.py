@@ -370,6 +370,9 @@ def save_diffusers_folder(model: UNet, diffusion: DiffusionConfig, path: str | P
     :func:`load_diffusers_folder`."""
     from safetensors.torch import save_file
 
+    arch = getattr(model.config, "arch", "unet")
+    if arch != "unet":  # e.g. a consistency model: its boundary parameterisation is not a UNet2DModel's
+        raise ConfigError(f"only U-Net checkpoints export to diffusers; this is a {arch!r} network")
     root = Path(path)
     config = {"_class_name": "UNet2DModel", **diffusers_kwargs_for(model.config)}
     sched = scheduler_config_for(diffusion)

@@ -31,6 +31,8 @@ ARCHS: dict[str, str] = {
     "dit": "ddpm.models.dit",
     "autoencoder": "ddpm.models.autoencoder",
     "latent": "ddpm.models.latent",
+    "classifier": "ddpm.models.classifier",
+    "consistency": "ddpm.models.consistency",
 }
 DEFAULT_ARCH = "unet"
 

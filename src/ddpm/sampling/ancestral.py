@@ -4,6 +4,10 @@ respaced K-step chain (Nichol & Dhariwal 2021, §4).
 Each step draws x_{t−1} = μθ(x_t, t) + σ_t z with the diffusion's variance (β_t, β̃_t or learned); the
 last step adds no noise. The step itself is :meth:`ddpm.diffusion.GaussianDiffusion.p_sample`; this
 module only adapts the chain to the registry's contract.
+
+A model that offers a ``mean_shift`` (classifier guidance, :mod:`ddpm.sampling.classifier_guidance`)
+is guided as Dhariwal & Nichol's Algorithm 1: its unguided output forms μ and the step's mean becomes
+μ + Σ·s∇ log p_φ(y | x_t).
 """
 
 from __future__ import annotations
@@ -24,10 +28,13 @@ def sample_ancestral(model, diffusion, x, *, noise, steps=None, spacing="uniform
     def step_noise(i: int):
         return noise(int(original[i]) if original is not None else i)
 
+    cond_fn = None
+    if getattr(model, "mean_shift", None) is not None:
+        model, cond_fn = model.mean_shift
     sample = x
     for k, out in enumerate(chain.p_sample_loop_progressive(
             model, x.shape, noise=x, step_noise=step_noise, clip_denoised=clip_denoised, progress=progress,
-            model_kwargs=model_kwargs, t_start=t_start)):
+            model_kwargs=model_kwargs, t_start=t_start, cond_fn=cond_fn)):
         sample = out["sample"]
         if callback is not None:
             t = int(original[out["t"]]) if original is not None else out["t"]

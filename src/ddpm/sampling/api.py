@@ -2,10 +2,10 @@
 
 Both dispatch through the sampler registry (:mod:`ddpm.sampling.registry`), check the sampler settings
 once (:func:`ddpm.sampling.registry.resolve_sampler`) and compose the network call with classifier-free
-guidance and the fast path, so every registered sampler gets both. ``generate`` is what ``ddpm sample``,
-``ddpm eval``, the figures and the trainer's sample grids use: it draws image i's x_T and step noise
-from its own generator (:class:`ddpm.sampling.noise.PerImageNoise`), so image i depends only on
-(seed, i) and the sampler settings, not on the batch size or the number of processes.
+guidance, classifier guidance and the fast path, so every registered sampler gets them. ``generate`` is
+what ``ddpm sample``, ``ddpm eval``, the figures and the trainer's sample grids use: it draws image i's
+x_T and step noise from its own generator (:class:`ddpm.sampling.noise.PerImageNoise`), so image i
+depends only on (seed, i) and the sampler settings, not on the batch size or the number of processes.
 """
 
 from __future__ import annotations
@@ -78,17 +78,38 @@ def _latent(model, cfg):
     return find_latent_model(model)
 
 
-def _guided(net, resolved: ResolvedSampler, num_classes: int | None, channels: int):
+def _guided(net, resolved: ResolvedSampler, num_classes: int | None, channels: int, diffusion=None,
+            classifier=None, classifier_scale: float = 0.0, condition_model: bool = True):
     if resolved.guidance > 0:
-        return ClassifierFreeGuidance(net, resolved.guidance, null_label=num_classes, data_channels=channels)
+        if not condition_model:
+            raise ConfigError("classifier-free guidance conditions the model on the class; it cannot be combined "
+                              "with the null label for the model (drop --guidance or --model-null-label)")
+        net = ClassifierFreeGuidance(net, resolved.guidance, null_label=num_classes, data_channels=channels)
+    if classifier is not None:
+        from ddpm.sampling.classifier_guidance import ClassifierGuidance
+
+        net = ClassifierGuidance(net, classifier, classifier_scale, diffusion, data_channels=channels,
+                                 condition_model=condition_model, model_num_classes=num_classes)
     return net
+
+
+def _label_classes(num_classes: int | None, classifier, condition_model: bool) -> int | None:
+    """How many classes the requested labels index: the classifier's when it guides, else the model's."""
+    if classifier is None:
+        return num_classes
+    theirs = _model_config(classifier).num_classes
+    if condition_model and num_classes is not None and num_classes != theirs:
+        raise ConfigError(f"the classifier has {theirs} classes but the model {num_classes}; pass "
+                          "--model-null-label to guide the model's unconditional samples")
+    return theirs
 
 
 def sample(model, diffusion, x_T: torch.Tensor, sampler: str | SamplerConfig | ResolvedSampler = "ddpm", *,
            steps: int | None = None, spacing: str | None = None, guidance: float | None = None,
            clip_denoised: bool | None = None, generator: torch.Generator | None = None,
            noise: Callable | None = None, model_kwargs: dict | None = None, callback: Callable | None = None,
-           progress: bool = False, t_start: int | None = None, **options) -> torch.Tensor:
+           progress: bool = False, t_start: int | None = None, classifier=None, classifier_scale: float = 0.0,
+           condition_model: bool = True, **options) -> torch.Tensor:
     """Run a registered sampler from the given starting noise ``x_T``; returns x_0 (not clamped).
 
     ``sampler``: a registry name (``ddpm``, ``ddim``, …), a :class:`SamplerConfig` or an already
@@ -101,6 +122,9 @@ def sample(model, diffusion, x_T: torch.Tensor, sampler: str | SamplerConfig | R
 
     For a latent model (``model.arch = "latent"``) ``x_T`` and the result are latents (decode them with
     the model's ``decode_latents``), and x̂0 is never clipped: latents have no [−1, 1] range.
+
+    ``classifier``/``classifier_scale``/``condition_model``: classifier guidance towards
+    ``model_kwargs["y"]``, as in :func:`generate`.
     """
     cfg = _model_config(model)
     num_classes = getattr(cfg, "num_classes", None)
@@ -114,7 +138,10 @@ def sample(model, diffusion, x_T: torch.Tensor, sampler: str | SamplerConfig | R
                                    t_start=t_start)
     if _latent(model, cfg) is not None:
         resolved = dataclasses.replace(resolved, clip_denoised=False)
-    net = _guided(model, resolved, num_classes, x_T.shape[1])
+    if classifier is not None and not (model_kwargs and model_kwargs.get("y") is not None):
+        raise ConfigError("classifier guidance needs the classes to guide towards: model_kwargs={'y': labels}")
+    net = _guided(model, resolved, num_classes, x_T.shape[1], diffusion, classifier, classifier_scale,
+                  condition_model)
     source = noise if noise is not None else GeneratorNoise(x_T, generator)
     with torch.no_grad():
         return resolved(net, diffusion, x_T, noise=source, model_kwargs=model_kwargs, callback=callback,
@@ -126,7 +153,8 @@ def generate(model, diffusion, num_images: int, *, batch_size: int = 64,
              spacing: str | None = None, class_labels=None, guidance: float | None = None,
              clip_denoised: bool | None = None, seed: int = 0, device=None, progress: bool = False,
              rank: int = 0, world_size: int = 1, image_shape: Sequence[int] | None = None, fast=None,
-             options: dict | None = None, first_index: int = 0) -> torch.Tensor:
+             options: dict | None = None, first_index: int = 0, classifier=None, classifier_scale: float = 0.0,
+             condition_model: bool = True) -> torch.Tensor:
     """Sample ``num_images`` images; returns float32 (n, C, H, W) in [−1, 1] on the CPU.
 
     - ``sampler``: a registry name or a :class:`SamplerConfig` (e.g. a checkpoint's
@@ -143,6 +171,11 @@ def generate(model, diffusion, num_images: int, *, batch_size: int = 64,
     - ``first_index``: draw images first_index … first_index + n − 1 of the seed's stream (so two
       calls of n images, the second from n, give what one call of 2n gives); ``class_labels`` and
       the returned tensor are indexed from 0 all the same.
+    - ``classifier``: a noise-aware classifier network (:func:`ddpm.sampling.classifier_guidance.load_classifier`)
+      guiding towards ``class_labels`` with scale ``classifier_scale`` (Dhariwal & Nichol 2021: the
+      ``ddpm`` sampler shifts the mean, Algorithm 1; the others use the shifted ε̂, Algorithm 2). The
+      model sees the labels too unless ``condition_model=False`` (then a conditional model gets its null
+      label; an unconditional model never sees labels).
 
     A latent model (``model.arch = "latent"``) samples its latents (never clipping x̂0: latents have no
     [−1, 1] range) and returns them decoded: images, like a pixel model.
@@ -151,7 +184,13 @@ def generate(model, diffusion, num_images: int, *, batch_size: int = 64,
     """
     T = diffusion.num_timesteps
     cfg = _model_config(model)
+    if getattr(cfg, "arch", None) == "classifier":
+        raise ConfigError("a noisy classifier does not draw images; pass it as --classifier (classifier=) to a "
+                          "diffusion model")
     latent = _latent(model, cfg)
+    if latent is not None and classifier is not None:
+        raise ConfigError("classifier guidance needs a classifier of the model's own inputs; a latent model's "
+                          "x_t are latents, which the pixel classifiers of this project do not take")
     if image_shape is None:
         if cfg is None:
             raise ConfigError("generate needs image_shape=(C, H, W) for a model without a .config")
@@ -172,7 +211,9 @@ def generate(model, diffusion, num_images: int, *, batch_size: int = 64,
     if latent is not None:
         config = dataclasses.replace(config, clip_denoised=False)
     resolved = resolve_sampler(config, T, num_classes=num_classes, labels=class_labels is not None)
-    labels = _labels(class_labels, n, num_classes)
+    if classifier is not None and class_labels is None:
+        raise ConfigError("classifier guidance needs the classes to guide towards: pass --class C (or class_labels)")
+    labels = _labels(class_labels, n, _label_classes(num_classes, classifier, condition_model))
 
     if device is None:
         param = next(iter(model.parameters()), None) if isinstance(model, torch.nn.Module) else None
@@ -180,6 +221,8 @@ def generate(model, diffusion, num_images: int, *, batch_size: int = 64,
     device = torch.device(device)
     if isinstance(model, torch.nn.Module):
         model.to(device)
+    if classifier is not None:
+        classifier.to(device).eval()
 
     draws = resolved.noise_draws(T)
     net = model
@@ -187,7 +230,7 @@ def generate(model, diffusion, num_images: int, *, batch_size: int = 64,
         from ddpm.accel import wrap_for_sampling
 
         net = wrap_for_sampling(model, fast, device)
-    net = _guided(net, resolved, num_classes, shape[0])
+    net = _guided(net, resolved, num_classes, shape[0], diffusion, classifier, classifier_scale, condition_model)
 
     local = list(range(int(rank), n, world_size))
     out = []

@@ -15,7 +15,9 @@ Four ways of choosing S for K sampling steps (:func:`timestep_subsequence`):
   ends included.
 - ``trailing``: diffusers' ``timestep_spacing="trailing"`` (Lin et al. 2024, "Common diffusion noise
   schedules and sample steps are flawed", §3.3 / Table 2): s = round(T − k·T/K) − 1 for k = 0..K−1,
-  so the chain always starts at the last step T−1, which few-step samplers need.
+  so the chain always starts at the last step T−1, which few-step samplers need. For K a power of
+  two the K/2 grid is every other point of the K grid (k·T/K is exact in binary), which progressive
+  distillation needs (:mod:`ddpm.train.progressive`).
 """
 
 from __future__ import annotations

@@ -37,6 +37,10 @@ from ddpm.errors import ConfigError
 OBJECTIVES: dict[str, str] = {
     "diffusion": "ddpm.train.objectives:DiffusionObjective",
     "autoencoder": "ddpm.train.autoencoding:AutoencoderObjective",
+    "classifier": "ddpm.train.classifier:ClassifierObjective",
+    "progressive-distillation": "ddpm.train.progressive:ProgressiveDistillationObjective",
+    "consistency-distillation": "ddpm.train.consistency:ConsistencyDistillationObjective",
+    "consistency-training": "ddpm.train.consistency:ConsistencyTrainingObjective",
 }
 
 

@@ -60,12 +60,24 @@ class NonFiniteError(UserError):
     """The loss or the gradient norm became inf/NaN."""
 
 
+def _same_weights(a, b) -> bool:
+    """Whether networks ``a`` and ``b`` have the same parameter names and shapes (e.g. a U-Net and the
+    consistency model built on it), so one's weights initialise the other."""
+    from ddpm.models.registry import build_model
+
+    def shapes(cfg):
+        return {k: tuple(v.shape) for k, v in build_model(cfg, device="meta").state_dict().items()}
+
+    return shapes(a) == shapes(b)
+
+
 class Trainer(BatchDrawing):
     """Train ``config`` into ``run_dir``; see the module docstring for the design.
 
     ``resume=True`` continues the run in ``run_dir`` from its newest checkpoint that verifies (``config``
     may be None, or the saved config with different ``train.steps``/logging intervals). ``init_from``
-    starts a NEW run from the weights (and EMA) of a checkpoint, e.g. to fine-tune the shipped one.
+    starts a NEW run from the weights (and EMA) of a checkpoint, e.g. to fine-tune the shipped one or to
+    start a distilled student from its teacher (any network with the same parameter names and shapes).
     ``progress``: True a tqdm bar, None a bar on a terminal and log lines elsewhere, False nothing.
     ``tensorboard``: True requires it, None uses it when installed, False never. ``handle_signals``:
     SIGTERM/SIGINT during :meth:`train` save a checkpoint and stop (:attr:`stopped_by` names the signal).
@@ -183,7 +195,7 @@ class Trainer(BatchDrawing):
         for f in files:
             state, meta = ckpt.read_weights(f)
             other = ckpt.config_from_metadata(meta, f)
-            if other.model != self.config.model:
+            if other.model != self.config.model and not _same_weights(other.model, self.config.model):
                 raise ConfigError(f"--init-from {source}: its network config differs from this run's "
                                   "(model.* settings); use the same preset")
             states[meta.get("kind", f.stem)] = state

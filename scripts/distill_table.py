@@ -1,0 +1,90 @@
+"""The measured table of docs/distillation.md from the JSON files of scripts/measure_distillation.sh.
+
+    python scripts/distill_table.py docs/quality/distill            # prints Markdown
+
+Every row is one `ddpm eval sweep` row (n images, seed, FD ± bootstrap std, KID ± subset std, class
+accuracy ± binomial std); the floor is the real-vs-real floor at the same n. Training times come from
+``train_times.json`` (wall-clock and CPU seconds of each procedure, written by the measuring script).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+# (label, file, which procedure's training time)
+SOURCES = (
+    ("teacher, Algorithm 2", "teacher_alg2.json", None),
+    ("teacher, DDIM (uniform)", "teacher_ddim_uniform.json", None),
+    ("teacher, DDIM (trailing)", "teacher_ddim_trailing.json", None),
+    ("progressive distillation", "pd.json", "progressive"),
+    ("consistency distillation", "cd.json", "consistency-distillation"),
+    ("consistency training", "ct.json", "consistency-training"),
+)
+
+
+def _fmt_time(t: dict | None) -> str:
+    if not t:
+        return ""
+    wall, cpu = t.get("wall_s"), t.get("cpu_s")
+    parts = []
+    if wall is not None:
+        parts.append(f"{wall / 60:.0f} min wall")
+    if cpu is not None:
+        parts.append(f"{cpu / 60:.0f} min CPU")
+    steps = f"{t['steps']} steps, " if "steps" in t else ""
+    return steps + " / ".join(parts)
+
+
+def table(folder: Path) -> str:
+    times = json.loads((folder / "train_times.json").read_text()) if (folder / "train_times.json").is_file() else {}
+    lines = ["| method | sampler | NFE | FD | KID | class accuracy | training |",
+             "|---|---|---:|---:|---:|---:|---|"]
+    floor, n = None, None
+    for label, name, proc in SOURCES:
+        path = folder / name
+        if not path.is_file():
+            continue
+        data = json.loads(path.read_text())
+        floor = floor or data.get("floor")
+        rows = sorted(data["rows"], key=lambda r: -r["nfe"])
+        for i, r in enumerate(rows):
+            n = r["n"]
+            acc = "" if r.get("accuracy") is None else f"{100 * r['accuracy']:.1f} ± {100 * r['accuracy_std']:.1f} %"
+            train = _fmt_time(times.get(proc)) if i == 0 else ""
+            lines.append(f"| {label} | {r['describe']} | {r['nfe']} | {r['fd']:.2f} ± {r['fd_std']:.2f} | "
+                         f"{r['kid']:.4f} ± {r['kid_std']:.4f} | {acc} | {train} |")
+    if floor:
+        fd, kid, acc = floor["fd"], floor["kid"], floor["accuracy"]
+        lines.append(f"| real vs real (floor), n = {floor.get('n', n)} | | | {fd[0]:.2f} ± {fd[1]:.2f} | "
+                     f"{kid[0]:.4f} ± {kid[1]:.4f} | {100 * acc[0]:.1f} % | |")
+    return "\n".join(lines)
+
+
+def guidance_table(folder: Path) -> str:
+    out = []
+    acc_path = folder / "classifier_accuracy.json"
+    if acc_path.is_file():
+        data = json.loads(acc_path.read_text())
+        out += ["| t range (code steps) | n | held-out accuracy |", "|---|---:|---:|"]
+        for r in data["rows"]:
+            lo, hi = r["t_range"]
+            out.append(f"| {lo}–{hi} | {r['n']} | {100 * r['accuracy']:.1f} ± {100 * r['accuracy_std']:.1f} % |")
+        out.append("")
+    path = folder / "classifier_guidance.json"
+    if path.is_file():
+        data = json.loads(path.read_text())
+        out += ["| classifier scale s | sampler | FD | KID | requested-class accuracy |", "|---:|---|---:|---:|---:|"]
+        for r in sorted(data["rows"], key=lambda r: (r["describe"], r["classifier_scale"])):
+            acc = f"{100 * r['accuracy']:.1f} ± {100 * r['accuracy_std']:.1f} %"
+            out.append(f"| {r['classifier_scale']:g} | {r['describe']} | {r['fd']:.2f} ± {r['fd_std']:.2f} | "
+                       f"{r['kid']:.4f} ± {r['kid_std']:.4f} | {acc} |")
+    return "\n".join(out)
+
+
+if __name__ == "__main__":
+    folder = Path(sys.argv[1] if len(sys.argv) > 1 else "docs/quality/distill")
+    print(table(folder))
+    print()
+    print(guidance_table(folder))
