@@ -196,12 +196,14 @@ def _digits_tiny() -> Config:
 
 def _repro_tiny() -> Config:
     """``ddpm repro --scale tiny``: digits at 16×16, ch 32 ×(1, 2), T = 100 with the linear schedule
-    scaled by 1000/T; a few minutes per model on a laptop CPU."""
+    scaled by 1000/T, 1,000 steps; a few minutes per model on a laptop CPU. GroupNorm in 8 groups, as the
+    digits preset: 32 groups of one channel would normalise the time embedding's bias away."""
     return Config(
-        model=UNetConfig(ch=32, ch_mult=(1, 2), num_res_blocks=1, attn_resolutions=(8,), dropout=0.0),
+        model=UNetConfig(ch=32, ch_mult=(1, 2), num_res_blocks=1, attn_resolutions=(8,), dropout=0.0,
+                         norm_groups=8),
         diffusion=DiffusionConfig(num_timesteps=100, beta_start=1e-3, beta_end=0.2),
-        train=TrainConfig(lr=1e-3, warmup=50, batch_size=32, ema_decay=0.99, steps=300, random_flip=False,
-                          log_every=50, sample_every=0, ckpt_every=300, keep_checkpoints=1),
+        train=TrainConfig(lr=1e-3, warmup=50, batch_size=32, ema_decay=0.99, steps=1000, random_flip=False,
+                          log_every=50, sample_every=0, ckpt_every=1000, keep_checkpoints=1),
         data=DataConfig(source="digits", resolution=16, channels=1),
         preset="repro-tiny",
     )
