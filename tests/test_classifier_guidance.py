@@ -263,3 +263,39 @@ def test_eval_classifier_cli(trained, tmp_path, capsys):
     assert [r["t_range"] for r in rows] == [[0, 0], [50, 99]] and all(r["n"] == 500 for r in rows)  # held out
     rc = main(["eval", "classifier", "--ckpt", str(model_dir)])
     assert rc == 2 and "not a noisy classifier" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("mean_type", ["xstart", "v"])
+def test_guidance_between_code_steps_matches_across_parameterisations(mean_type):
+    """The σ-grid solvers call the model at fractional t; the shift there uses the σ view's ᾱ, so an ε,
+    an x̂0 and a v model of the same continuous predictor give the same guided DPM-Solver++ sample."""
+    from ddpm.sampling.continuous import SigmaView
+
+    view = SigmaView(DIFF)
+
+    def alpha_bar(t):
+        sigma = torch.as_tensor(view.t_to_sigma(t.double().numpy()))
+        return (1.0 / (1.0 + sigma**2)).view(-1, 1, 1, 1)
+
+    def eps_model(x, t, y=None):
+        return torch.sqrt(1 - alpha_bar(t)) * x
+
+    def other(x, t, y=None):
+        ab = alpha_bar(t)
+        eps = eps_model(x, t)
+        x0 = (x - torch.sqrt(1 - ab) * eps) / torch.sqrt(ab)
+        return x0 if mean_type == "xstart" else torch.sqrt(ab) * eps - torch.sqrt(1 - ab) * x0
+
+    d = GaussianDiffusion(DIFF.betas, mean_type=mean_type)
+    clf, x_T, y = LinearClassifier(), torch.randn(2, 1, 4, 4, dtype=torch.float64), torch.tensor([1, 2])
+    kw = dict(steps=4, clip_denoised=False, classifier=clf, classifier_scale=2.0, model_kwargs={"y": y})
+    guided = sample(eps_model, DIFF, x_T, "dpmpp-2m", **kw)
+    torch.testing.assert_close(sample(other, d, x_T, "dpmpp-2m", **kw), guided, atol=1e-9, rtol=1e-9)
+    assert (sample(eps_model, DIFF, x_T, "dpmpp-2m", steps=4, clip_denoised=False) - guided).abs().max() > 1e-2
+    # on the grid the coefficient is the table's, whether t comes as integers or as whole floats
+    wrapper = ClassifierGuidance(eps_model, clf, 1.0, DIFF, data_channels=1)
+    t_int = torch.tensor([3, 17])
+    torch.testing.assert_close(wrapper._shift(t_int.double(), x_T), wrapper._shift(t_int, x_T))
+    between = wrapper._shift(torch.tensor([3.5, 17.25], dtype=torch.float64), x_T).flatten()
+    lo, hi = wrapper._shift(torch.tensor([3, 17]), x_T).flatten(), wrapper._shift(torch.tensor([4, 18]), x_T).flatten()
+    assert bool(((between < lo) & (between > hi)).all())  # −√(1−ᾱ) falls with t

@@ -89,6 +89,24 @@ class ClassifierGuidance:
         """(unguided model, cond_fn) for samplers that shift the mean themselves (Algorithm 1)."""
         return self.base, self.cond_fn
 
+    def _shift(self, t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """The per-unit-g shift of the output at code timesteps ``t``. The σ-grid solvers call the model
+        between code steps (fractional t); there ᾱ is the σ view's (log σ linear in t), the same ᾱ the
+        solver itself uses, and the shift is formed from it (posterior-mean models are only ever called
+        on the grid)."""
+        if not torch.is_floating_point(t):
+            return self.diffusion.gather(self.shift_table, t, x)
+        if bool((t == t.round()).all()):
+            return self.diffusion.gather(self.shift_table, t.round().long(), x)
+        from ddpm.sampling.continuous import SigmaView
+
+        sigma = torch.as_tensor(SigmaView(self.diffusion).t_to_sigma(t.detach().cpu().double().numpy()))
+        ab = 1.0 / (1.0 + sigma**2)
+        coef = {"eps": -torch.sqrt(1.0 - ab), "xstart": (1.0 - ab) / torch.sqrt(ab), "v": -sigma}
+        if self.diffusion.mean_type not in coef:
+            raise ConfigError(f"classifier guidance of a {self.diffusion.mean_type!r} model needs integer timesteps")
+        return coef[self.diffusion.mean_type].to(x.device, x.dtype).view(-1, *([1] * (x.ndim - 1)))
+
     # -------------------------------------------------------------------------------- Algorithm 2
     def __call__(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None = None, **kwargs) -> torch.Tensor:
         out = self.base(x, t, y, **kwargs)
@@ -96,7 +114,7 @@ class ClassifierGuidance:
             return out
         g = self.gradient(x, t, y)
         c = self.data_channels
-        shifted = out[:, :c] + self.diffusion.gather(self.shift_table, t, x) * g
+        shifted = out[:, :c] + self._shift(t, x) * g
         return shifted if out.shape[1] == c else torch.cat([shifted, out[:, c:]], dim=1)
 
 
