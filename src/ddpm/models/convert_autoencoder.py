@@ -18,7 +18,7 @@ import torch
 
 from ddpm.errors import CheckpointError, ConfigError
 from ddpm.models.autoencoder import AutoencoderConfig, AutoencoderKL
-from ddpm.models.convert_diffusers import _legacy, diffusers_name, read_diffusers_weights
+from ddpm.models.convert_diffusers import diffusers_name, read_diffusers_weights, remap_diffusers_weights
 
 DIFFUSERS_SCALING_DEFAULT = 0.18215  # AutoencoderKL's default scaling_factor (the SD VAEs')
 _REQUIRED = {"act_fn": "silu", "latents_mean": None, "latents_std": None}
@@ -74,26 +74,8 @@ def convert_autoencoder_state_dict(sd: dict[str, torch.Tensor], config: Autoenco
     """An ``AutoencoderKL`` state dict (new or legacy attention names) -> ours for ``config``."""
     with torch.device("meta"):
         reference = AutoencoderKL(config).state_dict()
-    out, missing, used = {}, [], set()
-    for name, like in reference.items():
-        key = diffusers_autoencoder_name(name, config)
-        if key not in sd and _legacy(key) in sd:
-            key = _legacy(key)
-        if key not in sd:
-            missing.append(key)
-            continue
-        used.add(key)
-        t = sd[key]
-        if like.ndim == 4 and t.ndim == 2:  # Linear attention projection -> 1x1 conv
-            t = t[:, :, None, None]
-        if tuple(t.shape) != tuple(like.shape):
-            raise CheckpointError(f"diffusers weight {key} has shape {tuple(t.shape)}, expected {tuple(like.shape)}")
-        out[name] = t.detach().to("cpu", torch.float32).contiguous()
-    unexpected = sorted(set(sd) - used)
-    if missing or unexpected:
-        raise CheckpointError(f"AutoencoderKL weights do not fit their config: {len(missing)} missing (e.g. "
-                              f"{missing[:3]}), {len(unexpected)} unexpected (e.g. {unexpected[:3]})")
-    return out
+    return remap_diffusers_weights(sd, reference, lambda name: diffusers_autoencoder_name(name, config),
+                                   "AutoencoderKL weights")
 
 
 def autoencoder_folder(path: str | Path) -> Path:

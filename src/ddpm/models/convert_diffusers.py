@@ -192,14 +192,14 @@ def _legacy(name: str) -> str:
     return name
 
 
-def convert_diffusers_state_dict(sd: dict[str, torch.Tensor], config: UNetConfig) -> dict[str, torch.Tensor]:
-    """A ``UNet2DModel`` state dict (new or legacy attention names) -> state dict for ``UNet(config)``."""
-    with torch.device("meta"):
-        reference = UNet(config).state_dict()
+def remap_diffusers_weights(sd: dict[str, torch.Tensor], reference: dict[str, torch.Tensor], name_of,
+                            what: str) -> dict[str, torch.Tensor]:
+    """Our state dict for ``reference`` (name -> tensor of the right shape) from diffusers' ``sd``:
+    ``name_of(our_name)`` gives diffusers' name (legacy attention names accepted), Linear attention
+    projections become 1×1 convs, and every shape, missing and left-over weight is checked."""
     out, missing, used = {}, [], set()
-    levels = len(config.ch_mult)
     for name, like in reference.items():
-        key = diffusers_name(name, levels)
+        key = name_of(name)
         if key not in sd and _legacy(key) in sd:
             key = _legacy(key)
         if key not in sd:
@@ -214,11 +214,17 @@ def convert_diffusers_state_dict(sd: dict[str, torch.Tensor], config: UNetConfig
         out[name] = t.detach().to("cpu", torch.float32).contiguous()
     unexpected = sorted(set(sd) - used)
     if missing or unexpected:
-        raise CheckpointError(
-            f"diffusers weights do not fit the config: {len(missing)} missing (e.g. {missing[:3]}), "
-            f"{len(unexpected)} unexpected (e.g. {unexpected[:3]})"
-        )
+        raise CheckpointError(f"{what} do not fit the config: {len(missing)} missing (e.g. {missing[:3]}), "
+                              f"{len(unexpected)} unexpected (e.g. {unexpected[:3]})")
     return out
+
+
+def convert_diffusers_state_dict(sd: dict[str, torch.Tensor], config: UNetConfig) -> dict[str, torch.Tensor]:
+    """A ``UNet2DModel`` state dict (new or legacy attention names) -> state dict for ``UNet(config)``."""
+    with torch.device("meta"):
+        reference = UNet(config).state_dict()
+    levels = len(config.ch_mult)
+    return remap_diffusers_weights(sd, reference, lambda name: diffusers_name(name, levels), "diffusers weights")
 
 
 def to_diffusers_state_dict(model: UNet) -> dict[str, torch.Tensor]:
