@@ -12,5 +12,5 @@ run() { "$PY" -m ddpm eval sweep --ckpt "$CK" -n "$N" --json "$OUT.json" --threa
 run --samplers ddpm --steps 1000                              # Algorithm 2
 run --samplers ddpm --steps 50,100,250                        # respaced ancestral
 run --samplers ddim:eta=0,ddim:eta=1 --steps 10,20,50,100     # DDIM
-run --samplers ddim:eta=0 --steps 50 --guidance 1,2,4 \
+run --samplers ddim:eta=0 --steps 20 --guidance 1,2,4 \
     --plot "$OUT.png" --markdown "$OUT.md"                    # classifier-free guidance (w = 0 is above)
