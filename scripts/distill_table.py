@@ -33,8 +33,8 @@ def _fmt_time(t: dict | None) -> str:
         parts.append(f"{wall / 60:.0f} min wall")
     if cpu is not None:
         parts.append(f"{cpu / 60:.0f} min CPU")
-    steps = f"{t['steps']} steps, " if "steps" in t else ""
-    return steps + " / ".join(parts)
+    steps = f"{t['steps']} steps" if "steps" in t else ""
+    return ", ".join(x for x in (steps, " / ".join(parts)) if x)
 
 
 def table(folder: Path) -> str:

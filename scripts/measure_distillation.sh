@@ -22,6 +22,14 @@ sweep() { nice -n 10 "$PY" -m ddpm eval sweep -n "$N" --threads 1 --no-progress 
 sweep --ckpt "$TEACHER" --samplers ddim --steps 8,4,2,1 --json "$OUT/teacher_ddim_uniform.json"
 sweep --ckpt "$TEACHER" --samplers ddim --steps 8,4,2,1 --spacing trailing --json "$OUT/teacher_ddim_trailing.json"
 
+# the teacher's Algorithm 2 at 1000 steps: its row of the quality table (same checkpoint, n and seed)
+"$PY" - "$OUT" <<'PYEOF'
+import json, sys
+d = json.load(open("docs/quality/digits_table.json"))
+rows = [r for r in d["rows"] if r["sampler"] == "ddpm" and r["steps"] == 1000]
+json.dump({**{k: v for k, v in d.items() if k != "rows"}, "rows": rows}, open(f"{sys.argv[1]}/teacher_alg2.json", "w"), indent=1)
+PYEOF
+
 # progressive distillation: each student at its own step count (its recorded sampler: DDIM, trailing)
 for k in 8 4 2 1; do
   if [ -d "$RUNS/pd/steps-$k" ]; then
@@ -38,6 +46,6 @@ if [ -d "$RUNS/digits-classifier" ]; then
   nice -n 10 "$PY" -m ddpm eval classifier --ckpt "$RUNS/digits-classifier" --threads 1 --no-progress \
     --json "$OUT/classifier_accuracy.json"
   sweep --ckpt "$TEACHER" --model-null-label --classifier "$RUNS/digits-classifier" \
-    --classifier-scale 0,1,2,5,10 --samplers ddim --steps "${GUIDED_STEPS:-25}" --json "$OUT/classifier_guidance.json"
+    --classifier-scale 0,1,2,5,10 --samplers ddim --steps "${GUIDED_STEPS:-20}" --json "$OUT/classifier_guidance.json"
 fi
 "$PY" scripts/distill_table.py "$OUT"
