@@ -210,7 +210,7 @@ def remap_diffusers_weights(sd: dict[str, torch.Tensor], reference: dict[str, to
         if like.ndim == 4 and t.ndim == 2:  # Linear attention projection -> 1x1 conv
             t = t[:, :, None, None]
         if tuple(t.shape) != tuple(like.shape):
-            raise CheckpointError(f"diffusers weight {key} has shape {tuple(t.shape)}, expected {tuple(like.shape)}")
+            raise CheckpointError(f"{what}: {key} has shape {tuple(t.shape)}, expected {tuple(like.shape)}")
         out[name] = t.detach().to("cpu", torch.float32).contiguous()
     unexpected = sorted(set(sd) - used)
     if missing or unexpected:

@@ -31,6 +31,7 @@ import torch
 
 from ddpm.config import DiffusionConfig
 from ddpm.errors import CheckpointError, ConfigError
+from ddpm.models.convert_diffusers import remap_diffusers_weights
 from ddpm.models.dit import DiT, DiTConfig
 
 # Paper Table 1: width -> heads of DiT-S/B/L/XL (head width 64, 64, 64, 72).
@@ -165,29 +166,17 @@ def convert_diffusers_dit_state_dict(sd: dict[str, torch.Tensor], config: DiTCon
 
 
 def _match(sd, config: DiTConfig, name_fn, what: str) -> dict[str, torch.Tensor]:
+    """Our DiT state dict from ``sd`` through the shared remapper; the fixed position embedding, which
+    diffusers does not store, is recomputed when absent."""
     with torch.device("meta"):
         reference = DiT(config).state_dict()
-    out, missing, used = {}, [], set()
-    for ours, like in reference.items():
-        if ours == "pos_embed" and ours not in sd:  # diffusers does not store the fixed embedding
-            from ddpm.models.dit import sincos_pos_embed_2d
+    fixed = {}
+    if "pos_embed" not in sd:
+        from ddpm.models.dit import sincos_pos_embed_2d
 
-            out[ours] = sincos_pos_embed_2d(config.hidden_size, config.resolution // config.patch_size)[None]
-            continue
-        key = name_fn(ours)
-        if key not in sd:
-            missing.append(key)
-            continue
-        used.add(key)
-        t = sd[key]
-        if tuple(t.shape) != tuple(like.shape):
-            raise CheckpointError(f"{what} weight {key} has shape {tuple(t.shape)}, expected {tuple(like.shape)}")
-        out[ours] = t.detach().to("cpu", torch.float32).contiguous()
-    unexpected = sorted(set(sd) - used)
-    if missing or unexpected:
-        raise CheckpointError(f"{what} weights do not fit the config: {len(missing)} missing (e.g. {missing[:3]}), "
-                              f"{len(unexpected)} unexpected (e.g. {unexpected[:3]})")
-    return out
+        fixed["pos_embed"] = sincos_pos_embed_2d(config.hidden_size, config.resolution // config.patch_size)[None]
+    reference = {k: v for k, v in reference.items() if k not in fixed}
+    return {**remap_diffusers_weights(sd, reference, name_fn, f"{what} weights"), **fixed}
 
 
 def dit_folder(path: str | Path) -> Path | None:
