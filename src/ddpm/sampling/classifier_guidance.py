@@ -60,6 +60,7 @@ class ClassifierGuidance:
         self.pass_labels = bool(condition_model) and model_num_classes is not None
         diffusion.add_tables(_eps_shift_tables(diffusion))
         self.shift_table = f"cg_{diffusion.mean_type}"
+        self._sigma_view = None  # built on the first call between code steps, then reused
 
     # -------------------------------------------------------------------------------- pieces
     def base(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None = None, **kwargs) -> torch.Tensor:
@@ -98,9 +99,11 @@ class ClassifierGuidance:
             return self.diffusion.gather(self.shift_table, t, x)
         if bool((t == t.round()).all()):
             return self.diffusion.gather(self.shift_table, t.round().long(), x)
-        from ddpm.sampling.continuous import SigmaView
+        if self._sigma_view is None:
+            from ddpm.sampling.continuous import SigmaView
 
-        sigma = torch.as_tensor(SigmaView(self.diffusion).t_to_sigma(t.detach().cpu().double().numpy()))
+            self._sigma_view = SigmaView(self.diffusion)
+        sigma = torch.as_tensor(self._sigma_view.t_to_sigma(t.detach().cpu().double().numpy()))
         ab = 1.0 / (1.0 + sigma**2)
         coef = {"eps": -torch.sqrt(1.0 - ab), "xstart": (1.0 - ab) / torch.sqrt(ab), "v": -sigma}
         if self.diffusion.mean_type not in coef:
