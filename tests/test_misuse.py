@@ -226,6 +226,12 @@ CASES = {
     "repro: out is a file": ["repro", "fig6", "--scale", "smoke", "--out", "{tmp}/afile"],
     "repro: table2 with a checkpoint": ["repro", "table2", "--scale", "smoke", "--ckpt", "{ck}", "--out", "{tmp}/r"],
     "repro: 100000 threads": ["repro", "fig6", "--threads", "100000"],
+    # ---------------------------------------------------------------- export
+    "export: out exists": ["export", "{ck}", "{tmp}/exported"],
+    "export: average a checkpoint, not a run": ["export", "{ck}", "{tmp}/avg", "--average-last", "2"],
+    "export: --weights without --average-last": ["export", "{ck}", "{tmp}/avg", "--weights", "raw"],
+    "export: average zero": ["export", "{ck}", "{tmp}/avg", "--average-last", "0"],
+    "export: nothing there": ["export", "{tmp}/nothing", "{tmp}/avg"],
     # ---------------------------------------------------------------- convert tf
     "convert tf: garbage npz": ["convert", "tf", "{tmp}/garbage.npz", "{tmp}/c", "--resolution", "32"],
     "convert tf: pickled objects": ["convert", "tf", "{tmp}/pickle.npz", "{tmp}/c", "--resolution", "32"],
@@ -298,6 +304,10 @@ SAYS = {
     "convert tf: shapes of no U-Net": "do not describe the authors' U-Net",
     "convert tf: TF checkpoint without TensorFlow": "needs TensorFlow",
     "to-diffusers: out exists": "--overwrite",
+    "export: out exists": "--overwrite",
+    "export: average a checkpoint, not a run": "not a run directory with checkpoints, nor",
+    "export: --weights without --average-last": "add --average-last",
+    "export: average zero": "positive integer",
     "train: seed -1": "0..4294967295",
     "train: batch of 1e11": "at most 1,048,576",
     "train: lr NaN": "finite",

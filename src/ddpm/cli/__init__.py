@@ -22,7 +22,7 @@ import warnings
 from ddpm.errors import UserError
 
 # Sub-command modules, in the order `ddpm --help` lists them.
-COMMANDS = ("train", "distill", "sample", "info", "plot", "evaluate", "figures", "repro", "convert")
+COMMANDS = ("train", "distill", "sample", "info", "plot", "evaluate", "figures", "repro", "convert", "export")
 
 
 def plain(text: str | None) -> str | None:

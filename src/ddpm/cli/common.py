@@ -25,7 +25,7 @@ import sys
 from pathlib import Path
 
 from ddpm.config import PRECISION_CHOICES
-from ddpm.errors import ConfigError
+from ddpm.errors import CheckpointError, ConfigError
 
 MAX_THREADS = 1024
 SEED_LIMIT = 2**63  # seeds index the generators' streams: 0 <= seed < 2**63 (torch takes 64-bit seeds)
@@ -270,6 +270,15 @@ def check_output(path: str, *, is_dir: bool = False, kind: str | None = None, ov
     from ddpm.outputs import check_output as check
 
     return check(path, is_dir=is_dir, kind=kind, overwrite=overwrite, flag=flag, may_exist=may_exist)
+
+
+def check_new_dir(out: str, overwrite: bool) -> Path:
+    """A folder a command writes whole (a checkpoint, a diffusers folder): refused when it exists with
+    content, unless ``--overwrite``."""
+    path = check_output(out, is_dir=True)
+    if path.exists() and any(path.iterdir()) and not overwrite:
+        raise CheckpointError(f"{path} already exists; choose another OUT or pass --overwrite to replace it")
+    return path
 
 
 def check_memory(model_config, num_images: int, batch_size: int, sampler, device) -> None:

@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import time
 from dataclasses import replace
-from pathlib import Path
 
 from ddpm.cli import common
 from ddpm.config import Config, DiffusionConfig, SamplerConfig
@@ -84,19 +83,12 @@ def add_parser(subparsers) -> None:
     q.set_defaults(func=run_to_diffusers)
 
 
-def _check_out(out: str, overwrite: bool) -> Path:
-    path = common.check_output(out, is_dir=True)
-    if path.exists() and any(path.iterdir()) and not overwrite:
-        raise CheckpointError(f"{path} already exists; choose another OUT or pass --overwrite to replace it")
-    return path
-
-
 def run_tf(args: argparse.Namespace) -> int:
     from ddpm.checkpoint import save_checkpoint
     from ddpm.models.convert_tf import convert_tf_state_dict, has_ema, infer_unet_config, read_tf_checkpoint, tf_step
 
     t0 = time.perf_counter()
-    out = _check_out(args.out, args.overwrite)
+    out = common.check_new_dir(args.out, args.overwrite)
     if args.preset is None and args.resolution is None:
         raise CheckpointError("give --preset (e.g. cifar10) or --resolution (e.g. 32) for the TF weights")
     if args.preset is not None:
@@ -133,7 +125,7 @@ def run_diffusers(args: argparse.Namespace) -> int:
     from ddpm.models.convert_diffusers import load_diffusers_folder
 
     t0 = time.perf_counter()
-    out = _check_out(args.out, args.overwrite)
+    out = common.check_new_dir(args.out, args.overwrite)
     model, diffusion = load_diffusers_folder(hub.resolve(args.src))
     arch = model.config.arch
     if args.var_type and arch == "unet":
@@ -158,7 +150,7 @@ def run_dit(args: argparse.Namespace) -> int:
     from ddpm.models.dit import DiT
 
     t0 = time.perf_counter()
-    out = _check_out(args.out, args.overwrite)
+    out = common.check_new_dir(args.out, args.overwrite)
     sd = read_official_checkpoint(args.src, weights=args.weights)
     dit_cfg = dit_config_from_official(sd, num_heads=args.num_heads)
     model = DiT(dit_cfg)
@@ -183,7 +175,7 @@ def run_to_diffusers(args: argparse.Namespace) -> int:
     from ddpm.outputs import atomic_dir
 
     t0 = time.perf_counter()
-    out = _check_out(args.out, args.overwrite)
+    out = common.check_new_dir(args.out, args.overwrite)
     if args.push_to_hub:
         from ddpm import hub
 
