@@ -166,6 +166,19 @@ def test_eval_sweep_resumes_and_plots(tmp_path, capsys):
     assert main(argv) == 0  # a second run re-uses every row
     assert capsys.readouterr().out.count("done before, kept") == 4
     assert [r["fd"] for r in json.loads(out.read_text())["rows"]] == first
+    # the same file with other weights must not pass the old rows off as this model's
+    from ddpm.checkpoint import export_weights
+    from ddpm.evaluate.sweep import weights_fingerprint
+    from ddpm.checkpoint import load_checkpoint
+
+    copy = export_weights(ASSET, tmp_path / "copy")  # same weights, another folder: resumes
+    assert weights_fingerprint(load_checkpoint(copy).model) == rows[0]["weights_sha256"]
+    assert main([*argv[:3], str(copy), *argv[4:]]) == 0
+    other = _tiny_checkpoint(tmp_path / "other")
+    before = out.read_bytes()
+    assert exit_code([*argv[:3], str(other), *argv[4:]]) == 2
+    assert "holds measurements of another model" in capsys.readouterr().err
+    assert out.read_bytes() == before
 
 
 @pytest.mark.parametrize("argv, message", [

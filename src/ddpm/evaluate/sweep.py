@@ -102,7 +102,7 @@ def measure(ck, sampler, *, n: int, classes="all", seed: int = 0, batch_size: in
            "nfe_measured": measured, "batch_factor": batch_factor, "seconds": round(seconds, 3),
            "seconds_per_image": seconds / n, "threads": torch.get_num_threads(), "device": str(x.device if device is None else device),
            "checkpoint": str(ck.path) if ck.path else None, "step": ck.step, "weights": ck.weights,
-           **report.as_dict()}
+           "weights_sha256": weights_fingerprint(ck.model), **report.as_dict()}
     if with_floor and n <= len(instrument.reference()[0]) // 2:
         row["floor"] = floor_of(instrument, n)
     return row
@@ -115,6 +115,32 @@ def row_key(sampler, *, n: int, classes, seed: int, classifier: tuple | None = N
             "options": dict(sampler.options), "guidance": sampler.guidance, "clip": sampler.clip_denoised,
             "classes": classes, "n": n, "seed": seed, "classifier": path, "classifier_scale": scale,
             "model_null_label": null}
+
+
+def weights_fingerprint(model) -> str:
+    """sha256 of a network's tensors (names, dtypes, shapes, values): the same weights give the same
+    fingerprint whatever file, format or folder they were loaded from."""
+    import hashlib
+
+    import torch
+
+    h = hashlib.sha256()
+    for name, t in sorted(model.state_dict().items()):
+        t = t.detach().cpu().contiguous()
+        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
+def check_same_model(rows: list[dict], ck, fingerprint: str, json_path) -> None:
+    """A resumed sweep file must hold measurements of this very model: its rows are kept, not re-measured."""
+    for r in rows:
+        other = r.get("weights_sha256")
+        same = other == fingerprint if other else (r.get("checkpoint"), r.get("step")) == (
+            str(ck.path) if ck.path else None, ck.step)
+        if not same:
+            raise ConfigError(f"{json_path} holds measurements of another model ({r.get('checkpoint')}, step "
+                              f"{r.get('step')}); give another --json, or delete it to measure this model afresh")
 
 
 def _same(row: dict, key: dict) -> bool:
@@ -170,6 +196,7 @@ def run_sweep(ck, configs: list, *, n: int, json_path, classes="all", seed: int 
     if instrument is None:
         instrument = instrument_for(ck.config)
     rows = load_rows(json_path)
+    check_same_model(rows, ck, weights_fingerprint(ck.model), json_path)
     cls = classes if (ck.config.model.num_classes or classifier is not None) else "null"
     fits = n <= len(instrument.reference()[0]) // 2
     meta = {"checkpoint": str(ck.path) if ck.path else None, "step": ck.step, "features": instrument.describe(),
