@@ -13,15 +13,7 @@ from PIL import Image
 from ddpm.cli import main
 from ddpm.presets import get_preset
 from ddpm import checkpoint as ckpt
-
-
-def call(argv, capsys):
-    try:
-        rc = main(argv)
-    except SystemExit as e:  # argparse misuse
-        rc = e.code
-    out, err = capsys.readouterr()
-    return rc, out, err
+from helpers import call
 
 
 @pytest.fixture(scope="module")
@@ -251,14 +243,14 @@ def _subcommands(parser, prefix=()):
 # Commands that run a network or a data pipeline share the runtime conventions; info, plot and the
 # weight converters do neither.
 NO_RUNTIME = {("info",), ("plot",), ("convert", "tf"), ("convert", "dit"), ("convert", "diffusers"),
-              ("convert", "to-diffusers")}
+              ("convert", "to-diffusers"), ("export",)}
 
 
 # Commands that write files named by a flag refuse to replace them without --overwrite; the others
 # write into a run or work folder they resume (train, eval nll/rate-distortion/sweep, repro) or print.
 OVERWRITE = {("sample",), ("figure", "progressive"), ("figure", "shared"), ("figure", "interpolate"),
              ("eval", "fid"), ("eval", "is"), ("eval", "fid-stats"), ("eval", "quality"), ("eval", "classifier"),
-             ("convert", "tf"), ("convert", "dit"), ("convert", "diffusers"), ("convert", "to-diffusers")}
+             ("convert", "tf"), ("convert", "dit"), ("convert", "diffusers"), ("convert", "to-diffusers"), ("export",)}
 
 
 def test_every_subcommand_follows_the_conventions():
