@@ -8,18 +8,10 @@ import pytest
 
 from ddpm import checkpoint as ckpt
 from ddpm.cli import main
+from helpers import call
 from ddpm.sampling.api import FAST_SAMPLER, generate
 
 ASSET = "src/ddpm/assets/digits"
-
-
-def call(argv, capsys):
-    try:
-        rc = main(argv)
-    except SystemExit as e:
-        rc = e.code
-    out, err = capsys.readouterr()
-    return rc, out, err
 
 
 @pytest.fixture(scope="module")

@@ -12,7 +12,7 @@ from ddpm import checkpoint as ckpt
 from ddpm.cli import main
 from ddpm.config import apply_overrides
 from ddpm.diffusion import GaussianDiffusion
-from ddpm.models.consistency import ConsistencyConfig, ConsistencyModel, boundary_coefficients
+from ddpm.models.consistency import ConsistencyModel, boundary_coefficients
 from ddpm.models.registry import build_model
 from ddpm.models.unet import UNet
 from ddpm.presets import get_preset
@@ -20,9 +20,8 @@ from ddpm.sampling.api import generate, sample
 from ddpm.schedules import get_beta_schedule
 from ddpm.train import consistency as cm
 from ddpm.train.trainer import Trainer
+from helpers import TINY_NET, tiny_teacher
 
-TINY_NET = ["model.ch=16", "model.ch_mult=1,", "model.num_res_blocks=1", "model.attn_resolutions=[]",
-            "model.dropout=0", "model.norm_groups=8"]
 
 
 def ct_config(*extra):
@@ -35,13 +34,7 @@ def ct_config(*extra):
 @pytest.fixture(scope="module")
 def teacher(tmp_path_factory):
     """A tiny U-Net teacher (digits-tiny recipe, T = 100), trained a few steps."""
-    root = tmp_path_factory.mktemp("cm_teacher")
-    cfg = apply_overrides(get_preset("digits-tiny"), [*TINY_NET, "train.batch_size=4", "train.ckpt_every=0",
-                                                       "data.class_labels=true", "train.class_dropout=0.1"])
-    t = Trainer(cfg, root / "teacher", progress=False, tensorboard=False)
-    t.train(steps=3)
-    t.close()
-    return root / "teacher"
+    return tiny_teacher(tmp_path_factory.mktemp("cm_teacher") / "teacher", steps=3)
 
 
 # ----------------------------------------------------------------------------------------- the model

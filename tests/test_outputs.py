@@ -14,21 +14,12 @@ import pytest
 import torch
 from PIL import Image
 
-from ddpm.cli import main
+from helpers import call
 from ddpm.outputs import (OutputError, atomic_dir, atomic_write, check_output, describe_os_error, next_index,
                           read_provenance)
 
 DIGITS = str(Path(__file__).resolve().parents[1] / "src" / "ddpm" / "assets" / "digits")
 FAST = ["--steps", "2", "--threads", "1", "--no-progress"]
-
-
-def call(argv, capsys):
-    try:
-        rc = main(argv)
-    except SystemExit as e:
-        rc = e.code
-    out, err = capsys.readouterr()
-    return rc, out, err
 
 
 def digest(path: Path) -> str:

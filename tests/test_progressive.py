@@ -2,35 +2,25 @@
 that makes one student step equal two teacher steps, a round learned on a fixed batch, exact resume of
 the chained rounds, and students that sample with no flags."""
 
-import numpy as np
 import pytest
 import torch
 
 from ddpm import checkpoint as ckpt
 from ddpm.cli import main
-from ddpm.config import apply_overrides
 from ddpm.errors import ConfigError
-from ddpm.presets import get_preset
 from ddpm.sampling.api import sample
 from ddpm.sampling.respace import timestep_subsequence
 from ddpm.train import progressive as pd
 from ddpm.train.trainer import Trainer
+from helpers import tiny_teacher
 
 STEPS = 60
-TINY_NET = ["model.ch=16", "model.ch_mult=1,", "model.num_res_blocks=1", "model.attn_resolutions=[]",
-            "model.dropout=0", "model.norm_groups=8"]
 
 
 @pytest.fixture(scope="module")
 def teacher(tmp_path_factory):
     """A tiny class-conditional ε teacher (T = 100), trained a few steps."""
-    root = tmp_path_factory.mktemp("pd_teacher")
-    cfg = apply_overrides(get_preset("digits-tiny"), [*TINY_NET, "train.batch_size=4", "train.ckpt_every=0",
-                                                       "data.class_labels=true", "train.class_dropout=0.1"])
-    t = Trainer(cfg, root / "teacher", progress=False, tensorboard=False)
-    t.train(steps=4)
-    t.close()
-    return root / "teacher"
+    return tiny_teacher(tmp_path_factory.mktemp("pd_teacher") / "teacher", steps=4)
 
 
 def objective(teacher, n, *extra, guidance=0.0):

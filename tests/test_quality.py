@@ -12,6 +12,7 @@ from ddpm.errors import ConfigError
 from ddpm.evaluate import digits_classifier as dc
 from ddpm.evaluate import quality as q
 from ddpm.evaluate.sweep import parse_samplers
+from helpers import exit_code
 
 
 # -------------------------------------------------------------------------------------- maths
@@ -125,13 +126,6 @@ def test_parse_samplers():
 # ------------------------------------------------------------------------------------------ CLI
 ASSET = "src/ddpm/assets/digits"
 
-
-def exit_code(argv) -> int:
-    """main's return value, or argparse's exit status for errors it reports itself."""
-    try:
-        return main(argv)
-    except SystemExit as e:
-        return e.code
 
 
 def test_eval_quality_on_the_shipped_checkpoint(tmp_path, capsys):
