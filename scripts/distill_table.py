@@ -19,7 +19,10 @@ SOURCES = (
     ("teacher, DDIM (uniform)", "teacher_ddim_uniform.json", None),
     ("teacher, DDIM (trailing)", "teacher_ddim_trailing.json", None),
     ("progressive distillation", "pd.json", "progressive"),
-    ("consistency distillation", "cd.json", "consistency-distillation"),
+    ("consistency distillation, 800 steps", "cd_800.json", "consistency-distillation-800"),
+    ("consistency distillation, 5,000 steps", "cd.json", "consistency-distillation"),
+    ("consistency distillation, shipped (float16)", "cd_shipped.json", None),
+    ("consistency training, step 700", "ct_700.json", "consistency-training-700"),
     ("consistency training", "ct.json", "consistency-training"),
 )
 
@@ -62,6 +65,26 @@ def table(folder: Path) -> str:
     return "\n".join(lines)
 
 
+def trend_table(folder: Path) -> str:
+    """FD of the consistency-distillation run's checkpoints (``cd_trend/step_N.json``, the 800- and
+    5,000-step files) against its training steps."""
+    found = {}
+    for path in [folder / "cd_800.json", *sorted((folder / "cd_trend").glob("step_*.json")), folder / "cd.json"]:
+        if path.is_file():
+            for r in json.loads(path.read_text())["rows"]:
+                found.setdefault(r["step"], {})[r["steps"]] = r
+    if not found:
+        return ""
+    lines = ["| CD training steps | 1 step: FD ± | accuracy | 4 steps: FD ± | accuracy |", "|---:|---|---:|---|---:|"]
+    for step in sorted(found):
+        cells = []
+        for k in (1, 4):
+            r = found[step].get(k)
+            cells += ([f"{r['fd']:.2f} ± {r['fd_std']:.2f}", f"{100 * r['accuracy']:.1f} %"] if r else ["", ""])
+        lines.append(f"| {step:,} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def guidance_table(folder: Path) -> str:
     out = []
     acc_path = folder / "classifier_accuracy.json"
@@ -86,5 +109,7 @@ def guidance_table(folder: Path) -> str:
 if __name__ == "__main__":
     folder = Path(sys.argv[1] if len(sys.argv) > 1 else "docs/quality/distill")
     print(table(folder))
+    print()
+    print(trend_table(folder))
     print()
     print(guidance_table(folder))

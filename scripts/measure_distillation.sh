@@ -6,6 +6,7 @@
 #
 #   TEACHER=runs/teacher8000 RUNS=runs OUT=docs/quality/distill bash scripts/measure_distillation.sh
 #
+# cd_800.json and ct_700.json are earlier measurements of the same runs, where they had stopped then.
 # RUNS holds the trained procedures: pd/steps-K (ddpm distill progressive), cd (ddpm distill
 # consistency), digits-ct (ddpm train --preset digits-ct) and digits-classifier (ddpm train --preset
 # digits-classifier). Then `python scripts/distill_table.py "$OUT"` prints the tables.
@@ -22,10 +23,12 @@ sweep() { nice -n 10 "$PY" -m ddpm eval sweep -n "$N" --threads 1 --no-progress 
 sweep --ckpt "$TEACHER" --samplers ddim --steps 8,4,2,1 --json "$OUT/teacher_ddim_uniform.json"
 sweep --ckpt "$TEACHER" --samplers ddim --steps 8,4,2,1 --spacing trailing --json "$OUT/teacher_ddim_trailing.json"
 
-# the teacher's Algorithm 2 at 1000 steps: its row of the quality table (same checkpoint, n and seed)
-"$PY" - "$OUT" <<'PYEOF'
+# the teacher's Algorithm 2 at 1000 steps: its row of a quality table of the same weights, n and seed
+# (ALG2_TABLE: docs/quality/digits_table.json for the shipped model; docs/quality/digits_table_ema.json
+# for the EMA of step 12,000, the teacher of the recorded runs)
+"$PY" - "$OUT" "${ALG2_TABLE:-docs/quality/digits_table.json}" <<'PYEOF'
 import json, sys
-d = json.load(open("docs/quality/digits_table.json"))
+d = json.load(open(sys.argv[2]))
 rows = [r for r in d["rows"] if r["sampler"] == "ddpm" and r["steps"] == 1000]
 json.dump({**{k: v for k, v in d.items() if k != "rows"}, "rows": rows}, open(f"{sys.argv[1]}/teacher_alg2.json", "w"), indent=1)
 PYEOF
@@ -37,8 +40,17 @@ for k in 8 4 2 1; do
   fi
 done
 
-# consistency models: one-step and multistep consistency sampling
-[ -d "$RUNS/cd" ] && sweep --ckpt "$RUNS/cd" --samplers consistency --steps 1,2,4,8 --json "$OUT/cd.json"
+# consistency models: one-step and multistep consistency sampling; the distillation's kept checkpoints
+# (1 and 4 steps: its learning curve) and the shipped float16 copy
+if [ -d "$RUNS/cd" ]; then
+  sweep --ckpt "$RUNS/cd" --samplers consistency --steps 1,2,4,8 --json "$OUT/cd.json"
+  mkdir -p "$OUT/cd_trend"
+  for c in $(ls -d "$RUNS"/cd/checkpoints/step_* | head -n -1); do
+    sweep --ckpt "$c" --samplers consistency --steps 1,4 --json "$OUT/cd_trend/$(basename "$c" | sed 's/step_0*/step_/').json"
+  done
+fi
+[ -d src/ddpm/assets/digits_consistency ] && sweep --ckpt src/ddpm/assets/digits_consistency \
+  --samplers consistency --steps 1,2,4,8 --json "$OUT/cd_shipped.json"
 [ -d "$RUNS/digits-ct" ] && sweep --ckpt "$RUNS/digits-ct" --samplers consistency --steps 1,2,4,8 --json "$OUT/ct.json"
 
 # classifier guidance: held-out accuracy by t, then s = 0, 1, 2, 5, 10 on the teacher's null label
