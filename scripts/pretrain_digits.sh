@@ -2,13 +2,16 @@
 # Re-create the shipped demo checkpoint src/ddpm/assets/digits/ with the project's own `ddpm train`.
 # This is the exact recipe used for the shipped weights (see src/ddpm/assets/digits/README.md for the
 # hardware and wall time): the `digits` preset (class-conditional, label drop-out 0.1, GroupNorm with 8
-# groups) at batch 32, one CPU thread, 12,000 steps, then the EMA weights of step $STEPS in float16.
-#   Usage: bash scripts/pretrain_digits.sh            (STEPS, RUN, PY may be set in the environment)
+# groups) at batch 32, one CPU thread, 12,000 steps, checkpoints every 400 steps; then the average of the
+# raw weights of the last $AVERAGE checkpoints up to step $STEPS (10,000 ... 12,000: stochastic weight
+# averaging, `ddpm export --average-last`), stored in float16.
+#   Usage: bash scripts/pretrain_digits.sh    (STEPS, AVERAGE, RUN, PY may be set in the environment)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY="${PY:-.venv/bin/python}"
 RUN="${RUN:-runs/digits-pretrain}"
 STEPS="${STEPS:-12000}"
+AVERAGE="${AVERAGE:-6}"
 if [ -d "$RUN/checkpoints" ]; then
   "$PY" -m ddpm train --resume --run-dir "$RUN" --steps "$STEPS" --threads 1 --no-progress
 else
@@ -16,15 +19,10 @@ else
       --set train.ckpt_every=400 --set train.keep_checkpoints=40
 fi
 step_dir="$RUN/checkpoints/$(printf 'step_%07d' "$STEPS")"
-# export_weights writes a fresh directory: keep the asset's hand-written README.md.
+# the export writes a fresh directory: keep the asset's hand-written README.md.
 readme=$(mktemp)
 cp src/ddpm/assets/digits/README.md "$readme" 2>/dev/null || true
-rm -rf src/ddpm/assets/digits
-"$PY" - "$step_dir" <<'PY'
-import sys, torch
-from ddpm.checkpoint import export_weights
-print(export_weights(sys.argv[1], "src/ddpm/assets/digits", dtype=torch.float16))
-PY
+"$PY" -m ddpm export "$step_dir" src/ddpm/assets/digits --average-last "$AVERAGE" --fp16 --overwrite
 [ -s "$readme" ] && cp "$readme" src/ddpm/assets/digits/README.md
 rm -f "$readme"
 chmod 644 src/ddpm/assets/digits/*
