@@ -9,6 +9,9 @@
 #      with the default fast path + CUDA graph vs plain fp32: same images within bf16 rounding
 #   3. benchmarks/gpu_targets.py: 8,000 img/s training at batch 128 (eager and compiled),
 #      the 50k x 1000-step sampling projection, and the >= 1.5x diffusers verdicts -> gpu_targets.json
+#   4. quality at a large n: the shipped digits model's Algorithm 2 and DDIM (eta 0) at 10 and 50 steps,
+#      n = QUALITY_N (2,500, the largest n with a floor) -> digits_quality.{json,md}; the CPU table
+#      (n = 500) cannot resolve DDIM-50 against Algorithm 2 (docs/quality.md)
 #
 # Usage:  bash scripts/gpu_check.sh              (all stages; not yet timed on a GPU)
 #         STAGES="tests cli" bash scripts/gpu_check.sh   (a subset, e.g. to fit a 10-minute limit)
@@ -19,10 +22,11 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 PY="${PYTHON:-python3}"
 RESULTS="${RESULTS:-${OUT:-benchmarks/results}}"
-STAGES="${STAGES:-tests cli bench targets}"
+STAGES="${STAGES:-tests cli bench targets quality}"
 DEVICE="${DEVICE:-cuda}"  # DEVICE=cpu with small BENCH_ARGS/TARGET_ARGS: a dry run of this script
 BENCH_ARGS="${BENCH_ARGS:-}"
 TARGET_ARGS="${TARGET_ARGS:-}"
+QUALITY_N="${QUALITY_N:-2500}"
 mkdir -p "$RESULTS"
 export PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
 
@@ -89,7 +93,13 @@ PY
       "$PY" benchmarks/gpu_targets.py --device "$DEVICE" $TARGET_ARGS --bench-json "$RESULTS/cuda.json" --out "$RESULTS/gpu_targets.json" 2>&1 \
         | tee "$RESULTS/gpu_targets.log"
       rc[$stage]=${PIPESTATUS[0]} ;;
-    *) echo "unknown stage $stage (tests, bench, targets)"; rc[$stage]=2 ;;
+    quality)
+      q() { "$PY" -m ddpm eval sweep --ckpt src/ddpm/assets/digits -n "$QUALITY_N" --device "$DEVICE" \
+              --batch-size 500 --json "$RESULTS/digits_quality.json" --no-progress "$@"; }
+      { q --samplers ddim:eta=0 --steps 10,50 && q --samplers ddpm --steps 1000 --markdown "$RESULTS/digits_quality.md"; } \
+        2>&1 | tee "$RESULTS/digits_quality.log"
+      rc[$stage]=${PIPESTATUS[0]} ;;
+    *) echo "unknown stage $stage (tests, cli, bench, targets, quality)"; rc[$stage]=2 ;;
   esac
   echo "-- $stage: exit ${rc[$stage]} in $(( $(date +%s) - start )) s"
 done
