@@ -51,14 +51,16 @@ def instrument_for(config, features: str = "digits", *, inception=None, ref_imag
 
 def measure(ck, sampler, *, n: int, classes="all", seed: int = 0, batch_size: int = 100, device=None,
             progress: bool = False, fast=None, with_floor: bool = True, instrument=None, classifier=None,
-            classifier_scale: float = 0.0, condition_model: bool = True, classifier_path=None) -> dict:
+            classifier_scale: float = 0.0, condition_model: bool = True, classifier_path=None,
+            fingerprint: str | None = None) -> dict:
     """Generate n images from checkpoint ``ck`` with ``sampler`` (a SamplerConfig), score them with
     ``instrument`` (default: the digits features) and return one row: the settings, n, nfe, seconds,
     seconds_per_image and the scores (and the real-vs-real floor).
 
     ``classifier`` (a noisy classifier network, its checkpoint ``classifier_path`` recorded in the row)
     guides towards the requested classes with ``classifier_scale``; ``condition_model=False`` gives a
-    class-conditional model its null label so that only the classifier sees the class."""
+    class-conditional model its null label so that only the classifier sees the class. ``fingerprint``:
+    :func:`weights_fingerprint` of ``ck.model`` when the caller has it already."""
     import torch
 
     from ddpm.evaluate.quality import floor_of, score_images
@@ -102,7 +104,7 @@ def measure(ck, sampler, *, n: int, classes="all", seed: int = 0, batch_size: in
            "nfe_measured": measured, "batch_factor": batch_factor, "seconds": round(seconds, 3),
            "seconds_per_image": seconds / n, "threads": torch.get_num_threads(), "device": str(x.device if device is None else device),
            "checkpoint": str(ck.path) if ck.path else None, "step": ck.step, "weights": ck.weights,
-           "weights_sha256": weights_fingerprint(ck.model), **report.as_dict()}
+           "weights_sha256": fingerprint or weights_fingerprint(ck.model), **report.as_dict()}
     if with_floor and n <= len(instrument.reference()[0]) // 2:
         row["floor"] = floor_of(instrument, n)
     return row
@@ -196,7 +198,8 @@ def run_sweep(ck, configs: list, *, n: int, json_path, classes="all", seed: int 
     if instrument is None:
         instrument = instrument_for(ck.config)
     rows = load_rows(json_path)
-    check_same_model(rows, ck, weights_fingerprint(ck.model), json_path)
+    fingerprint = weights_fingerprint(ck.model)  # once per sweep: hashing a large model takes seconds
+    check_same_model(rows, ck, fingerprint, json_path)
     cls = classes if (ck.config.model.num_classes or classifier is not None) else "null"
     fits = n <= len(instrument.reference()[0]) // 2
     meta = {"checkpoint": str(ck.path) if ck.path else None, "step": ck.step, "features": instrument.describe(),
@@ -211,7 +214,8 @@ def run_sweep(ck, configs: list, *, n: int, json_path, classes="all", seed: int 
             continue
         row = measure(ck, cfg, n=n, classes=classes, seed=seed, batch_size=batch_size, device=device,
                       progress=progress, fast=fast, with_floor=False, instrument=instrument, classifier=classifier,
-                      classifier_scale=scale, condition_model=condition_model, classifier_path=classifier_path)
+                      classifier_scale=scale, condition_model=condition_model, classifier_path=classifier_path,
+                      fingerprint=fingerprint)
         rows.append(row)
         write_rows(json_path, rows, meta)
         log(f"[{i + 1}/{len(settings)}] {format_row(row)}")
