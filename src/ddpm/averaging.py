@@ -71,9 +71,9 @@ def average_checkpoints(sources: Sequence[str | os.PathLike], directory: str | o
                                   "average checkpoints of one run")
         steps.append((int(meta.get("step", 0)), d, cfg))
         for k, v in state.items():
-            if v.is_floating_point():  # float64 sums: the mean must not depend on the order of the sources
+            if v.is_floating_point():  # float64 sums, rounded once to float32: order-independent in practice
                 total[k] = total[k] + v.double() if k in total else v.double()
-            else:  # integer buffers (counters) are not averaged: keep the newest's
+            else:  # integer buffers (counters) are not averaged: keep the last source's (the newest, in run order)
                 total[k] = v
     mean = {k: (v / len(sources)).float() if v.is_floating_point() else v for k, v in total.items()}
     step, _, cfg = max(steps, key=lambda s: s[0])
