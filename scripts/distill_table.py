@@ -5,6 +5,8 @@
 Every row is one `ddpm eval sweep` row (n images, seed, FD ± bootstrap std, KID ± subset std, class
 accuracy ± binomial std); the floor is the real-vs-real floor at the same n. Training times come from
 ``train_times.json`` (wall-clock and CPU seconds of each procedure, written by the measuring script).
+Progressive distillation from later teachers lives in sub-folders ``pd_*_teacher/`` (the teacher's rows
+beside its students', and a ``train_times.json`` of their own); each gets a table of its own.
 """
 
 from __future__ import annotations
@@ -40,12 +42,21 @@ def _fmt_time(t: dict | None) -> str:
     return ", ".join(x for x in (steps, " / ".join(parts)) if x)
 
 
-def table(folder: Path) -> str:
+# the same, for a sub-folder pd_*_teacher/ (progressive distillation from a later teacher)
+TEACHER_SOURCES = (
+    ("teacher, Algorithm 2", "teacher_alg2.json", None),
+    ("teacher, DDIM (trailing)", "teacher_ddim_trailing.json", None),
+    ("progressive distillation, 8 steps", "steps-8.json", "steps-8"),
+    ("progressive distillation, 4 steps", "steps-4.json", "steps-4"),
+)
+
+
+def table(folder: Path, sources=SOURCES) -> str:
     times = json.loads((folder / "train_times.json").read_text()) if (folder / "train_times.json").is_file() else {}
     lines = ["| method | sampler | NFE | FD | KID | class accuracy | training |",
              "|---|---|---:|---:|---:|---:|---|"]
     floor, n = None, None
-    for label, name, proc in SOURCES:
+    for label, name, proc in sources:
         path = folder / name
         if not path.is_file():
             continue
@@ -109,6 +120,9 @@ def guidance_table(folder: Path) -> str:
 if __name__ == "__main__":
     folder = Path(sys.argv[1] if len(sys.argv) > 1 else "docs/quality/distill")
     print(table(folder))
+    for sub in sorted(folder.glob("pd_*_teacher")):
+        print(f"\n{sub.name}:\n")
+        print(table(sub, TEACHER_SOURCES))
     print()
     print(trend_table(folder))
     print()
