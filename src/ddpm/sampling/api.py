@@ -25,12 +25,10 @@ from ddpm.sampling.registry import ResolvedSampler, resolve_sampler
 
 __all__ = ["generate", "sample", "sampler_config", "FAST_SAMPLER", "PerImageNoise", "image_generator"]
 
-# The measured fast default (`ddpm sample --fast`; docs/sampling.md, "Fast samplers on the digits model",
-# docs/quality/solvers_sweep*.json): on the digits model DPM-Solver++(2M) at 10 logSNR steps is within
-# the ± of Algorithm 2 at 1000 (n = 500; EMA weights of step 12,000: FD 1.18 ± 0.45 vs 0.90 ± 0.40; the
-# checkpoint average: 0.96 ± 0.45 vs 0.74 ± 0.38; the annealed weights shipped now: 0.73 ± 0.41 vs
-# 0.56 ± 0.42); 5 steps were too (1.12 ± 0.42, 1.27 ± 0.46, 0.80 ± 0.40), and 10 keep a margin for
-# larger models. Algorithm 2 stays the default.
+# The measured fast default (`ddpm sample --fast`): on the shipped digits model DPM-Solver++(2M) at 10
+# logSNR steps is within the ± of Algorithm 2 at 1000 (FD 0.73 ± 0.41 vs 0.56 ± 0.42, n = 500; 5 steps
+# 0.80 ± 0.40), and was on each earlier digits model too (docs/sampling.md, "Fast samplers on the digits
+# model"); 10 keep a margin for larger models. Algorithm 2 stays the default.
 FAST_SAMPLER = SamplerConfig(sampler="dpmpp-2m", steps=10, spacing="logsnr")
 
 
