@@ -5,8 +5,9 @@
 Every row is one `ddpm eval sweep` row (n images, seed, FD ± bootstrap std, KID ± subset std, class
 accuracy ± binomial std); the floor is the real-vs-real floor at the same n. Training times come from
 ``train_times.json`` (wall-clock and CPU seconds of each procedure, written by the measuring script).
-Progressive distillation from later teachers lives in sub-folders ``pd_*_teacher/`` (the teacher's rows
-beside its students', and a ``train_times.json`` of their own); each gets a table of its own.
+Every progressive student has its own file ``steps-K.json`` (a sweep file holds one model's rows).
+Progressive distillation from later teachers lives in sub-folders ``pd_*_teacher/`` laid out the same
+way (the teacher's files beside its students', a ``train_times.json`` of their own); each gets a table.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ SOURCES = (
     ("teacher, Algorithm 2", "teacher_alg2.json", None),
     ("teacher, DDIM (uniform)", "teacher_ddim_uniform.json", None),
     ("teacher, DDIM (trailing)", "teacher_ddim_trailing.json", None),
-    ("progressive distillation", "pd.json", "progressive"),
+    ("progressive distillation", "steps-*.json", "progressive"),
     ("consistency distillation, 800 steps", "cd_800.json", "consistency-distillation-800"),
     ("consistency distillation, 5,000 steps", "cd.json", "consistency-distillation"),
     ("consistency distillation, shipped (float16)", "cd_shipped.json", None),
@@ -42,28 +43,18 @@ def _fmt_time(t: dict | None) -> str:
     return ", ".join(x for x in (steps, " / ".join(parts)) if x)
 
 
-# the same, for a sub-folder pd_*_teacher/ (progressive distillation from a later teacher)
-TEACHER_SOURCES = (
-    ("teacher, Algorithm 2", "teacher_alg2.json", None),
-    ("teacher, DDIM (trailing)", "teacher_ddim_trailing.json", None),
-    ("progressive distillation, 8 steps", "steps-8.json", "steps-8"),
-    ("progressive distillation, 4 steps", "steps-4.json", "steps-4"),
-)
-
-
-def table(folder: Path, sources=SOURCES) -> str:
+def table(folder: Path) -> str:
     times = json.loads((folder / "train_times.json").read_text()) if (folder / "train_times.json").is_file() else {}
     lines = ["| method | sampler | NFE | FD | KID | class accuracy | training |",
              "|---|---|---:|---:|---:|---:|---|"]
     floor, n = None, None
-    for label, name, proc in sources:
-        path = folder / name
-        if not path.is_file():
-            continue
-        data = json.loads(path.read_text())
-        floor = floor or data.get("floor")
-        rows = sorted(data["rows"], key=lambda r: -r["nfe"])
-        for i, r in enumerate(rows):
+    for label, pattern, proc in SOURCES:
+        rows = []
+        for path in folder.glob(pattern):
+            data = json.loads(path.read_text())
+            floor = floor or data.get("floor")
+            rows += data["rows"]
+        for i, r in enumerate(sorted(rows, key=lambda r: -r["nfe"])):
             n = r["n"]
             acc = "" if r.get("accuracy") is None else f"{100 * r['accuracy']:.1f} ± {100 * r['accuracy_std']:.1f} %"
             train = _fmt_time(times.get(proc)) if i == 0 else ""
@@ -122,7 +113,7 @@ if __name__ == "__main__":
     print(table(folder))
     for sub in sorted(folder.glob("pd_*_teacher")):
         print(f"\n{sub.name}:\n")
-        print(table(sub, TEACHER_SOURCES))
+        print(table(sub))
     print()
     print(trend_table(folder))
     print()

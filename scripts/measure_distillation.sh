@@ -33,10 +33,11 @@ rows = [r for r in d["rows"] if r["sampler"] == "ddpm" and r["steps"] == 1000]
 json.dump({**{k: v for k, v in d.items() if k != "rows"}, "rows": rows}, open(f"{sys.argv[1]}/teacher_alg2.json", "w"), indent=1)
 PYEOF
 
-# progressive distillation: each student at its own step count (its recorded sampler: DDIM, trailing)
+# progressive distillation: each student at its own step count (its recorded sampler: DDIM, trailing),
+# one file per student (a sweep file holds the rows of one model)
 for k in 8 4 2 1; do
   if [ -d "$RUNS/pd/steps-$k" ]; then
-    sweep --ckpt "$RUNS/pd/steps-$k" --samplers ddim --steps "$k" --spacing trailing --json "$OUT/pd.json"
+    sweep --ckpt "$RUNS/pd/steps-$k" --samplers ddim --steps "$k" --spacing trailing --json "$OUT/steps-$k.json"
   fi
 done
 
