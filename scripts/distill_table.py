@@ -2,7 +2,8 @@
 
     python scripts/distill_table.py docs/quality/distill            # prints Markdown
 
-Every row is one `ddpm eval sweep` row (n images, seed, FD ± bootstrap std, KID ± subset std, class
+Every row is one `ddpm eval sweep` row (n images, seed, FD and KID with the ± the row was scored with —
+the bootstrap and subset stds for rows recorded before 2026-12-07, see docs/quality.md —, class
 accuracy ± binomial std); the floor is the real-vs-real floor at the same n. Training times come from
 ``train_times.json`` (wall-clock and CPU seconds of each procedure, written by the measuring script).
 Every progressive student has its own file ``steps-K.json`` (a sweep file holds one model's rows).

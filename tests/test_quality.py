@@ -54,6 +54,49 @@ def test_precision_recall_on_constructed_point_sets():
     assert p == 0.0 and r == 0.0
 
 
+def _class_mixture(n, rng, means, balanced=True):
+    labels = np.arange(n) % len(means) if balanced else rng.integers(0, len(means), n)
+    return means[labels] + rng.standard_normal((n, means.shape[1])), labels
+
+
+def test_fd_plus_minus_follows_set_to_set_spread_of_class_balanced_samples():
+    """Features that separate 10 classes, samples with 20 of each class (as `--class all` asks): the FD of
+    independent sets spreads by ~0.07; the plain bootstrap, which redraws the class proportions, says
+    ~9× that; the stratified delete-half jackknife stays within 3×."""
+    rng = np.random.default_rng(5)
+    means = 3 * rng.standard_normal((10, 16))
+    ref, _ = _class_mixture(20_000, rng, means, balanced=False)
+    to_ref = q._FDTo(ref)
+    spread = np.std([to_ref(_class_mixture(200, rng, means)[0]) for _ in range(30)], ddof=1)
+    a, labels = _class_mixture(200, rng, means)
+    bootstrap = np.std([to_ref(a[rng.integers(0, 200, 200)]) for _ in range(20)])
+    value, halves = q.fd_halves(a, ref, strata=labels)
+    assert value == pytest.approx(to_ref(a))
+    assert bootstrap > 4 * spread
+    assert 0.5 * spread < halves < 3 * spread
+    assert q.fd_halves(a, ref)[1] > 4 * spread  # halves that ignore the classes are as wrong as the bootstrap
+
+
+def test_half_indices_keep_class_proportions():
+    rng = np.random.default_rng(0)
+    labels = np.arange(25) % 10  # classes 0-4 three times, 5-9 twice
+    for _ in range(20):
+        h = q.half_indices(25, rng, labels)
+        assert len(h) == 12 and len(set(h.tolist())) == 12
+        counts = np.bincount(labels[h], minlength=10)
+        assert all(c in (1, 2) for c in counts[:5]) and all(c == 1 for c in counts[5:])
+    assert sorted(q.half_indices(7, rng).tolist()) != list(range(7)) and len(q.half_indices(7, rng)) == 3
+
+
+def test_stratified_draw_takes_exact_class_counts():
+    rng = np.random.default_rng(0)
+    labels = np.repeat(np.arange(3), 10)
+    idx = q.stratified_draw(labels, [4, 0, 6], rng, exclude=np.arange(5))
+    assert np.bincount(labels[idx], minlength=3).tolist() == [4, 0, 6] and idx.min() >= 5
+    assert len(set(idx.tolist())) == 10
+    assert q.stratified_draw(labels, [6, 0, 0], rng, exclude=np.arange(5)) is None  # only 5 of class 0 left
+
+
 def test_confusion_and_accuracy():
     m = q.confusion([0, 0, 1, 2], [0, 1, 1, 2], classes=3)
     assert m.tolist() == [[1, 1, 0], [0, 1, 0], [0, 0, 1]]
@@ -91,6 +134,18 @@ def test_classifier_refuses_other_shapes():
         dc.to_input(torch.zeros(2, 3, 32, 32))
     with pytest.raises(ConfigError, match="8–28 pixels"):
         q.DigitsInstrument(32)
+
+
+def test_floor_with_the_samples_class_counts_is_lower_and_tighter():
+    """A perfect class-conditional generator gives exactly the requested class counts; real subsets drawn
+    that way sit far below subsets with random class proportions, with a much smaller spread."""
+    random = q.real_floor(200, draws=5)
+    balanced = q.real_floor(200, draws=5, class_counts=[20] * 10)
+    assert balanced["stratified"] and not random["stratified"]
+    assert balanced["fd"][0] < 0.6 * random["fd"][0] and balanced["fd"][1] < 0.5 * random["fd"][1]
+    assert balanced["accuracy"][0] > 0.98
+    with pytest.raises(ConfigError, match="add up to"):
+        q.real_floor(200, class_counts=[10] * 10)
 
 
 def test_real_floor_is_below_degraded_real_digits():
@@ -153,8 +208,8 @@ def test_eval_sweep_resumes_and_plots(tmp_path, capsys):
     assert sorted((r["options"]["eta"], r["steps"]) for r in rows) == [(0, 2), (0, 3), (1, 2), (1, 3)]
     assert png.stat().st_size > 0
     table = md.read_text().splitlines()
-    assert len(table) == 2 + 4 + 1 and table[-1].startswith("| real vs real (floor), n = 12 |")
-    assert f"| {rows[0]['fd']:.2f} ± {rows[0]['fd_std']:.2f} |" in table[2]
+    assert len(table) == 2 + 4 + 1 + 2 and table[6].startswith("| real vs real (floor), n = 12, class counts")
+    assert f"| 1* | {rows[0]['fd']:.2f} ± {rows[0]['fd_std']:.2f} |" in table[2]
     first = [r["fd"] for r in rows]
     capsys.readouterr()
     assert main(argv) == 0  # a second run re-uses every row
@@ -173,6 +228,47 @@ def test_eval_sweep_resumes_and_plots(tmp_path, capsys):
     assert exit_code([*argv[:3], str(other), *argv[4:]]) == 2
     assert "holds measurements of another model" in capsys.readouterr().err
     assert out.read_bytes() == before
+
+
+def test_aggregate_seeds_merges_independent_sets():
+    from ddpm.evaluate.sweep import aggregate_seeds
+
+    def row(seed, fd, steps=10):
+        return {"sampler": "ddim", "steps": steps, "options": {}, "n": 500, "seed": seed, "fd": fd, "fd_std": 0.1,
+                "kid": 0.0, "kid_std": 0.01, "precision": 0.7, "precision_std": 0.02, "recall": 0.8,
+                "recall_std": 0.02, "accuracy": None, "seconds_per_image": seed + 1.0}
+
+    merged = aggregate_seeds([row(0, 1.0), row(0, 2.0, steps=50), row(1, 1.2), row(2, 1.4), row(1, 2.2, steps=50)])
+    assert [(m["steps"], m["sets"], m["seeds"]) for m in merged] == [(10, 3, [0, 1, 2]), (50, 2, [0, 1])]
+    assert merged[0]["fd"] == pytest.approx(1.2) and merged[0]["fd_std"] == pytest.approx(0.2)
+    assert merged[0]["fd_std_kind"] == "sets" and merged[0]["seconds_per_image"] == pytest.approx(2.0)
+    # two sets cannot estimate a spread: the within-set ± stays
+    assert merged[1]["fd"] == pytest.approx(2.1) and merged[1]["fd_std"] == pytest.approx(0.1)
+    assert merged[1]["fd_std_kind"] == "halves" and "accuracy_std" not in merged[1]
+
+
+def test_sweep_rescores_kept_samples_without_sampling(tmp_path, monkeypatch):
+    out, kept = tmp_path / "s.json", tmp_path / "samples"
+    argv = ["eval", "sweep", "--ckpt", ASSET, "-n", "20", "--samplers", "ddim", "--steps", "3", "--seed", "4",
+            "--json", str(out), "--samples", str(kept), "--no-progress"]
+    assert main(argv) == 0
+    first = json.loads(out.read_text())["rows"][0]
+    files = list(kept.glob("*.npz"))
+    assert len(files) == 1
+    images = np.load(files[0])["images"]
+    assert images.dtype == np.uint8 and images.shape == (20, 28, 28, 1)
+    out.unlink()
+
+    def no_sampling(*a, **k):
+        raise AssertionError("sampled although the images were kept")
+
+    monkeypatch.setattr("ddpm.sampling.api.generate", no_sampling)
+    assert main(argv) == 0
+    again = json.loads(out.read_text())["rows"][0]
+    for k in ("fd", "fd_std", "kid", "precision", "recall", "accuracy"):  # the feature net's float sums may vary
+        assert again[k] == pytest.approx(first[k], rel=1e-5, abs=1e-9), k
+    for k in ("seconds", "nfe", "nfe_measured", "threads"):  # the kept sampling record, as it was
+        assert again[k] == first[k], k
 
 
 @pytest.mark.parametrize("argv, message", [
@@ -240,7 +336,8 @@ def test_eval_quality_on_smaller_digits_and_with_inception_features(tmp_path, ca
     row = json.loads(out.read_text())
     assert row["features"].startswith("inception vs digits/train (RANDOM")
     assert row["accuracy"] is None  # Inception's classes are not the digits
-    assert set(row["floor"]) == {"fd", "kid", "precision", "recall", "is_mean"}
+    assert set(row["floor"]) == {"fd", "kid", "precision", "recall", "is_mean", "stratified", "draws"}
+    assert not row["floor"]["stratified"]  # no classes to match
     assert "RANDOM Inception" in capsys.readouterr().out
 
 

@@ -92,6 +92,10 @@ def add_parsers(sub) -> None:
     common.add_classifier_args(q, scale_type=_floats)
     q.add_argument("--json", required=True, help="the sweep's table; rows already in it are kept, not re-run "
                                                  "(the table is updated in place, atomically)")
+    q.add_argument("--samples", metavar="DIR",
+                   help="keep every setting's images in DIR (8-bit .npz with their sampling time) and score "
+                        "images kept there before instead of sampling again: a changed instrument re-scores "
+                        "a table without sampling (delete --json, run again)")
     q.add_argument("--plot", help="write FD vs NFE and vs seconds to this PNG (redrawn from the table on "
                                   "every run, like the table itself)")
     q.add_argument("--markdown", help="write the whole table (every row of --json, and the floor) as Markdown "
@@ -164,8 +168,7 @@ def run_quality(args: argparse.Namespace) -> int:
 
 
 def run_sweep(args: argparse.Namespace) -> int:
-    from ddpm.evaluate.quality import floor_of
-    from ddpm.evaluate.sweep import format_floor, parse_samplers, plot_sweep, run_sweep, sampler_configs
+    from ddpm.evaluate.sweep import floor_for, format_floor, parse_samplers, plot_sweep, run_sweep, sampler_configs
     from ddpm.sampling.registry import resolve_sampler
 
     t0 = time.perf_counter()
@@ -193,8 +196,11 @@ def run_sweep(args: argparse.Namespace) -> int:
                      batch_size=args.batch_size, device=device, progress=common.show_progress(args),
                      fast=common.fast_path_from_args(args, device), instrument=instrument, classifier=classifier,
                      classifier_scales=scales or [1.0], condition_model=condition_model,
-                     classifier_path=args.classifier)
-    floor = floor_of(instrument, args.num) if args.num <= len(instrument.reference()[0]) // 2 else None
+                     classifier_path=args.classifier, samples_dir=args.samples)
+    num_classes = classifier.config.num_classes if classifier is not None else ck.config.model.num_classes
+    cls = args.classes if num_classes else "null"
+    floor = floor_for(instrument, args.num, cls, num_classes) if args.num <= len(instrument.reference()[0]) // 2 \
+        else None
     if floor:
         print(format_floor(floor, args.num))
     if args.plot:

@@ -4,13 +4,15 @@ Every score comes with its n and a ±, and :func:`real_floor` gives the same sco
 against real digits, so a reader sees what "perfect" is at that n.
 
 - **FD** (Fréchet distance; Heusel et al. 2017, eq. 6) of the Gaussians fitted to the 128-d features
-  of the samples and of the reference set; ± is the std of FD over bootstrap resamples of the samples.
+  of the samples and of the reference set.
 - **KID** (Bińkowski et al. 2018, §2.3, eq. 4): the unbiased MMD² with the cubic polynomial kernel
-  k(a, b) = (aᵀb / d + 1)³, averaged over random subsets of size m; ± is the std over subsets.
-  Unbiased: its expectation is 0 when both sets come from one distribution (it can be negative).
+  k(a, b) = (aᵀb / d + 1)³, averaged over random subsets of size m. Unbiased for two i.i.d. sets of one
+  distribution (it can be negative); a class-balanced set (50 of each class) is not i.i.d., and scores
+  below 0 even when perfect — the floor below is drawn the same way, so compare with it, not with 0.
 - **Precision / recall** (Kynkäänniemi et al. 2019, §2, eq. 1–2): the fraction of samples inside the
   real manifold (the union of balls around each real feature with the radius of its k-th nearest
-  real neighbour, k = 3), and of real images inside the samples' manifold; n real vs n generated.
+  real neighbour, k = 3), and of real images inside the samples' manifold; n real vs n generated
+  (the real n with the samples' class counts when those are known).
 Features come from the digits ``features`` network, class probabilities from the ``recognizer``
 (:mod:`ddpm.evaluate.digits_classifier` says why there are two).
 
@@ -19,10 +21,26 @@ Features come from the digits ``features`` network, class probabilities from the
 - **Classifier IS** (the IS of Salimans et al. 2016 with this classifier): exp E KL(p(y|x) ‖ p(y)),
   mean ± std over 10 splits; 10 is the most it can be.
 
+**The ± of FD, KID, precision and recall** is the delete-half jackknife (Shao & Wu 1989, d = n/2): the
+std of the score over 20 random halves of the samples, drawn within each requested class. Two things
+made the bootstrap used before wrong here, by measurement (DDIM-10 samples of the shipped digits model,
+five disjoint sets of 500): FD varied by 0.026 (std) from set to set, but the bootstrap of one set said
+0.53. First, the features separate the classes, so a resample that changes the class proportions
+(50 of each requested) moves the mean far more than any real set of class-balanced samples does;
+resampling within classes brings the bootstrap to 0.13. Second, FD is near its degenerate point (true
+distance ≈ 0, the estimate mostly the 1/n bias), where the bootstrap is inconsistent, and its
+duplicated points inflate FD itself (bootstrap mean 1.26 vs 0.85). Halves drawn within classes gave
+0.08–0.11: still conservative, about 3× the set-to-set std, but not 20×. Where a table has several
+seeds per setting, the std over those independent sets is the better ±, and the tables show it
+(:func:`ddpm.evaluate.sweep.aggregate_seeds`).
+
 The reference set is all 5,000 bundled digits (the model's 4,500 training digits and the 500 held
 out); its features are computed on first use (seconds) and cached on disk under a hash of the
-classifier and the data (:func:`cache_dir`), rather than shipped. The floor at size n draws n real digits and scores them
-against the remaining 5,000 − n, over several draws (mean ± std).
+classifier and the data (:func:`cache_dir`), rather than shipped. The **floor** at size n draws n real
+digits and scores them against the remaining 5,000 − n, over several draws (mean ± std over draws).
+For class-conditional samples each draw takes the samples' class counts (50 of each at n = 500 with
+``--class all``): a perfect conditional generator gives exactly that, and random class proportions
+alone raised the FD floor at n = 500 from 0.39 to 1.17 (with ± 0.36 instead of 0.03).
 
 Written with numpy rather than a metrics package: torchmetrics' FID/KID are built around a fixed
 Inception pipeline and lack precision/recall, and the FD maths here is the project's FID code
@@ -44,7 +62,7 @@ from ddpm.evaluate.fid import _psd_sqrt, feature_statistics, frechet_distance_to
 KID_SUBSET = 1000
 KID_SUBSETS = 100
 PR_K = 3
-BOOTSTRAP = 20
+HALVES = 20
 FLOOR_DRAWS = 5
 
 
@@ -56,7 +74,7 @@ def fd(a: np.ndarray, b: np.ndarray) -> float:
 
 class _FDTo:
     """FD of feature sets to one fixed reference set, with the reference's matrix square root computed
-    once (the bootstrap calls this 20 times; with 2048-d Inception features that is the whole cost)."""
+    once (the ± calls this 20 times; with 2048-d Inception features that is the whole cost)."""
 
     def __init__(self, b: np.ndarray):
         self.ref = feature_statistics(b)
@@ -75,12 +93,29 @@ class _FDTo:
                      - 2.0 * np.sqrt(np.clip(eig, 0, None)).sum())
 
 
-def fd_bootstrap(a: np.ndarray, b: np.ndarray, draws: int = BOOTSTRAP, seed: int = 0) -> tuple[float, float]:
-    """(FD of ``a`` to ``b``, std of FD over ``draws`` bootstrap resamples of ``a``)."""
+def half_indices(n: int, rng: np.random.Generator, strata=None) -> np.ndarray:
+    """A random half (⌊n/2⌋ items) of range(n), drawn without replacement within each stratum (``strata``:
+    one label per item, e.g. the requested class) so that a half keeps the set's class proportions; the odd
+    items left over by the strata are halved at random among themselves."""
+    if strata is None:
+        return rng.permutation(n)[: n // 2]
+    strata = np.asarray(strata)
+    picks, odd = [], []
+    for c in np.unique(strata):
+        idx = rng.permutation(np.flatnonzero(strata == c))
+        picks.append(idx[: len(idx) // 2])
+        odd.extend(idx[2 * (len(idx) // 2):])
+    picks.append(rng.permutation(np.asarray(odd, dtype=np.int64))[: len(odd) // 2])
+    return np.concatenate(picks)
+
+
+def fd_halves(a: np.ndarray, b: np.ndarray, strata=None, draws: int = HALVES, seed: int = 0) -> tuple[float, float]:
+    """(FD of ``a`` to ``b``, std of FD over ``draws`` random halves of ``a``: the delete-half jackknife,
+    stratified by ``strata``; see the module docstring for why not the bootstrap)."""
     rng = np.random.default_rng(seed)
     to_b = _FDTo(b)
-    boot = [to_b(a[rng.integers(0, len(a), len(a))]) for _ in range(draws)]
-    return to_b(a), float(np.std(boot))
+    halves = [to_b(a[half_indices(len(a), rng, strata)]) for _ in range(draws)]
+    return to_b(a), float(np.std(halves))
 
 
 def _poly_kernel(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -108,6 +143,15 @@ def kid(a: np.ndarray, b: np.ndarray, subset: int = KID_SUBSET, subsets: int = K
     return float(np.mean(vals)), float(np.std(vals))
 
 
+def kid_halves(a: np.ndarray, b: np.ndarray, strata=None, draws: int = HALVES, seed: int = 0) -> tuple[float, float]:
+    """(KID of ``a`` against ``b``, std of KID over ``draws`` random halves of ``a``, stratified as for FD;
+    each half against 10 subsets of ``b``)."""
+    rng = np.random.default_rng(seed)
+    value = kid(a, b, seed=seed)[0]
+    halves = [kid(a[half_indices(len(a), rng, strata)], b, subsets=10, seed=seed + 1 + i)[0] for i in range(draws)]
+    return value, float(np.std(halves))
+
+
 def _sq_dists(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     d = (a * a).sum(1)[:, None] + (b * b).sum(1)[None, :] - 2.0 * a @ b.T
     return np.maximum(d, 0.0)
@@ -125,6 +169,32 @@ def precision_recall(real: np.ndarray, fake: np.ndarray, k: int = PR_K) -> tuple
     if min(len(real), len(fake)) <= k:
         raise ConfigError(f"precision/recall with k = {k} needs more than {k} images per set")
     return _manifold_coverage(real, fake, k), _manifold_coverage(fake, real, k)
+
+
+def precision_recall_halves(real: np.ndarray, fake: np.ndarray, real_strata=None, fake_strata=None,
+                            draws: int = HALVES, seed: int = 0) -> tuple[float, float, float, float]:
+    """(precision, recall, their stds over ``draws`` random halves of both sets, stratified)."""
+    rng = np.random.default_rng(seed)
+    prec, rec = precision_recall(real, fake)
+    halves = [precision_recall(real[half_indices(len(real), rng, real_strata)],
+                               fake[half_indices(len(fake), rng, fake_strata)]) for _ in range(draws)]
+    p_std, r_std = np.std(np.asarray(halves), axis=0)
+    return prec, rec, float(p_std), float(r_std)
+
+
+def stratified_draw(labels: np.ndarray, counts, rng: np.random.Generator, exclude=None) -> np.ndarray | None:
+    """Indices of ``counts[c]`` items of each class c, drawn without replacement (not from ``exclude``);
+    None when some class has too few."""
+    pool = np.ones(len(labels), bool)
+    if exclude is not None:
+        pool[exclude] = False
+    out = []
+    for c, m in enumerate(counts):
+        idx = np.flatnonzero((labels == c) & pool)
+        if m > len(idx):
+            return None
+        out.append(rng.choice(idx, m, replace=False))
+    return np.concatenate(out)
 
 
 def confusion(requested: np.ndarray, recognised: np.ndarray, classes: int = 10) -> np.ndarray:
@@ -304,6 +374,8 @@ class QualityReport:
     recall: float
     is_mean: float
     is_std: float
+    precision_std: float
+    recall_std: float
     accuracy: float | None = None
     accuracy_std: float | None = None
     confusion: list | None = None
@@ -316,24 +388,31 @@ class QualityReport:
 
 
 def score_features(feats: np.ndarray, probs: np.ndarray, labels=None, *, ref_feats: np.ndarray | None = None,
-                   seed: int = 0) -> QualityReport:
+                   ref_labels: np.ndarray | None = None, seed: int = 0) -> QualityReport:
     """Scores of images given by their features and class probabilities; ``labels`` are the requested
     classes (None for unconditional samples, or when the features' classes are not the data set's);
-    the reference defaults to all bundled digits."""
+    the reference defaults to all bundled digits. With both ``labels`` and ``ref_labels``, the ± halves
+    keep the requested class proportions and the real set of precision/recall is drawn with the same
+    number of images per class as the samples."""
     n = len(feats)
     if n < 10:
         raise ConfigError(f"quality scores need at least 10 images (10 IS splits, k-NN radii), got {n}; raise -n")
     if ref_feats is None:
-        ref_feats = digits_instrument(28).reference()[0]
+        ref_feats, _, ref_labels = digits_instrument(28).reference()
     rng = np.random.default_rng(seed)
-    fd_v, fd_s = fd_bootstrap(feats, ref_feats, seed=seed)
-    kid_v, kid_s = kid(feats, ref_feats, seed=seed)
-    real_n = ref_feats[rng.choice(len(ref_feats), min(n, len(ref_feats)), replace=False)]
-    prec, rec = precision_recall(real_n, feats)
+    labels = None if labels is None else np.asarray(labels)
+    fd_v, fd_s = fd_halves(feats, ref_feats, strata=labels, seed=seed)
+    kid_v, kid_s = kid_halves(feats, ref_feats, strata=labels, seed=seed)
+    real_idx = None
+    if labels is not None and ref_labels is not None:
+        real_idx = stratified_draw(ref_labels, np.bincount(labels, minlength=int(ref_labels.max()) + 1), rng)
+    if real_idx is None:
+        real_idx = rng.choice(len(ref_feats), min(n, len(ref_feats)), replace=False)
+    real_strata = None if labels is None or ref_labels is None else ref_labels[real_idx]
+    prec, rec, prec_s, rec_s = precision_recall_halves(ref_feats[real_idx], feats, real_strata, labels, seed=seed)
     is_m, is_s = inception_score(np.log(np.clip(probs, 1e-30, None)), splits=10)
-    report = QualityReport(n, fd_v, fd_s, kid_v, kid_s, prec, rec, is_m, is_s)
+    report = QualityReport(n, fd_v, fd_s, kid_v, kid_s, prec, rec, is_m, is_s, prec_s, rec_s)
     if labels is not None:
-        labels = np.asarray(labels)
         acc = float((probs.argmax(1) == labels).mean())
         report.accuracy, report.accuracy_std = acc, float(np.sqrt(acc * (1 - acc) / n))
         report.confusion = confusion(labels, probs.argmax(1)).tolist()
@@ -346,9 +425,10 @@ def score_images(images, labels=None, *, seed: int = 0, instrument: Instrument |
     if instrument is None:
         instrument = DigitsInstrument(_resolution_of(images))
     feats, probs = instrument.predict(images)
-    ref_feats = instrument.reference()[0]
-    return score_features(feats, probs, labels if instrument.scores_accuracy else None, ref_feats=ref_feats,
-                          seed=seed)
+    ref_feats, _, ref_labels = instrument.reference()
+    if not instrument.scores_accuracy:
+        labels = ref_labels = None
+    return score_features(feats, probs, labels, ref_feats=ref_feats, ref_labels=ref_labels, seed=seed)
 
 
 def _resolution_of(images) -> int:
@@ -356,26 +436,38 @@ def _resolution_of(images) -> int:
     return int(shape[-1] if len(shape) == 3 or shape[1] in (1, 3) else shape[2])
 
 
-def floor_of(instrument: Instrument, n: int, draws: int = FLOOR_DRAWS, seed: int = 1) -> dict:
+def floor_of(instrument: Instrument, n: int, draws: int = FLOOR_DRAWS, seed: int = 1, class_counts=None) -> dict:
     """The scores of n real images against the other reference images (and with their true labels), as
-    {metric: (mean, std over draws)}: what a perfect generator of the reference set would get."""
-    key = (id(instrument), instrument.describe(), n, draws, seed)
+    {metric: (mean, std over draws)}: what a perfect generator of the reference set would get.
+
+    ``class_counts`` (images per class of the samples being compared, e.g. 50 of each of 10 for
+    ``--class all`` at n = 500): every draw takes exactly that many real images of each class, as a perfect
+    class-conditional generator would give; the features separate the classes, so random class proportions
+    alone would raise the floor about threefold (see the module docstring). Without (unconditional samples,
+    or a reference without labels) the n images are drawn at random; "stratified" in the result says which."""
+    counts = None if class_counts is None else tuple(int(c) for c in class_counts)
+    key = (id(instrument), instrument.describe(), n, draws, seed, counts)
     if key in _FLOORS:
         return _FLOORS[key]
     feats, probs, labels = instrument.reference()
     if not 10 <= n <= len(feats) // 2:
         raise ConfigError(f"the real-vs-real floor needs 10 ≤ n ≤ {len(feats) // 2} (half the reference images), "
                           f"got {n}")
+    if counts is not None and sum(counts) != n:
+        raise ConfigError(f"the floor's class counts {list(counts)} add up to {sum(counts)}, not n = {n}")
     rng = np.random.default_rng(seed)
+    stratified = counts is not None and labels is not None and stratified_draw(labels, counts, rng) is not None
     rows = []
     for d in range(draws):
-        perm = rng.permutation(len(feats))
-        s, rest = perm[:n], perm[n:]
+        s = stratified_draw(labels, counts, rng) if stratified else rng.permutation(len(feats))[:n]
+        rest = np.setdiff1d(np.arange(len(feats)), s)
         rows.append(score_features(feats[s], probs[s], None if labels is None else labels[s],
-                                   ref_feats=feats[rest], seed=seed + d))
+                                   ref_feats=feats[rest], ref_labels=None if labels is None else labels[rest],
+                                   seed=seed + d))
     keys = ("fd", "kid", "precision", "recall", "is_mean") + (("accuracy",) if labels is not None else ())
     out = {k: (float(np.mean([getattr(r, k) for r in rows])), float(np.std([getattr(r, k) for r in rows])))
            for k in keys}
+    out.update(stratified=bool(stratified), draws=draws)
     _FLOORS[key] = out
     return out
 
@@ -388,6 +480,6 @@ def digits_instrument(resolution: int = 28) -> DigitsInstrument:
     return DigitsInstrument(resolution)
 
 
-def real_floor(n: int, draws: int = FLOOR_DRAWS, seed: int = 1, resolution: int = 28) -> dict:
+def real_floor(n: int, draws: int = FLOOR_DRAWS, seed: int = 1, resolution: int = 28, class_counts=None) -> dict:
     """:func:`floor_of` the digits features at ``resolution`` (28: the bundled digits as they are)."""
-    return floor_of(digits_instrument(int(resolution)), n, draws, seed)
+    return floor_of(digits_instrument(int(resolution)), n, draws, seed, class_counts)

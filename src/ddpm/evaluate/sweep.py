@@ -5,6 +5,11 @@ A row is keyed by its sampler settings (name, steps, spacing, options, guidance,
 guidance (classifier, scale, null label for the model; None without), n and seed;
 a sweep appends each finished row to its JSON file (written whole and renamed, so an interrupted sweep
 leaves the previous file intact) and skips rows already there when run again.
+
+With a samples folder, every row's images are kept as 8-bit .npz (named by a hash of the row's key and the
+weights) with their sampling time; a row whose images are there is scored from them without sampling again,
+so a change of the instrument (or of its ± and floor) re-scores a whole table in seconds: delete the JSON
+and run the sweep again. Scores are always taken on the 8-bit images, as a saved sample would be.
 """
 
 from __future__ import annotations
@@ -52,7 +57,7 @@ def instrument_for(config, features: str = "digits", *, inception=None, ref_imag
 def measure(ck, sampler, *, n: int, classes="all", seed: int = 0, batch_size: int = 100, device=None,
             progress: bool = False, fast=None, with_floor: bool = True, instrument=None, classifier=None,
             classifier_scale: float = 0.0, condition_model: bool = True, classifier_path=None,
-            fingerprint: str | None = None) -> dict:
+            fingerprint: str | None = None, samples_dir=None) -> dict:
     """Generate n images from checkpoint ``ck`` with ``sampler`` (a SamplerConfig), score them with
     ``instrument`` (default: the digits features) and return one row: the settings, n, nfe, seconds,
     seconds_per_image and the scores (and the real-vs-real floor).
@@ -60,11 +65,10 @@ def measure(ck, sampler, *, n: int, classes="all", seed: int = 0, batch_size: in
     ``classifier`` (a noisy classifier network, its checkpoint ``classifier_path`` recorded in the row)
     guides towards the requested classes with ``classifier_scale``; ``condition_model=False`` gives a
     class-conditional model its null label so that only the classifier sees the class. ``fingerprint``:
-    :func:`weights_fingerprint` of ``ck.model`` when the caller has it already."""
-    import torch
-
+    :func:`weights_fingerprint` of ``ck.model`` when the caller has it already. ``samples_dir``: keep the
+    images there, or score the ones kept there before (see the module docstring)."""
     from ddpm.evaluate.quality import floor_of, score_images
-    from ddpm.sampling.api import generate
+    from ddpm.images import from_uint8
     from ddpm.sampling.registry import resolve_sampler
 
     if instrument is None:
@@ -75,7 +79,48 @@ def measure(ck, sampler, *, n: int, classes="all", seed: int = 0, batch_size: in
         raise ConfigError("classifier guidance needs classes to guide towards: --class all or a class index")
     resolved = resolve_sampler(sampler, ck.diffusion.num_timesteps, num_classes=num_classes,
                                labels=labels is not None)
-    rows_in = [0]  # images the network saw: the measured NFE (adaptive samplers declare none)
+    fingerprint = fingerprint or weights_fingerprint(ck.model)
+    guide = None if classifier is None else (str(classifier_path), classifier_scale, not condition_model)
+    key = row_key(sampler, n=n, classes=classes if labels is not None else "null", seed=seed, classifier=guide)
+    kept = None if samples_dir is None else samples_file(samples_dir, key, fingerprint)
+    if kept is not None and kept.exists():
+        images, timing = read_samples(kept)
+    else:
+        images, timing = _draw(ck, sampler, n=n, labels=labels, seed=seed, batch_size=batch_size, device=device,
+                               progress=progress, fast=fast, classifier=classifier,
+                               classifier_scale=classifier_scale, condition_model=condition_model)
+        if kept is not None:
+            write_samples(kept, images, timing, key)
+    seconds, measured = timing["seconds"], timing["nfe_measured"]
+    batch_factor = 2 if resolved.guidance else 1
+    if measured is not None:
+        measured /= batch_factor
+    declared = resolved.nfe(ck.diffusion.num_timesteps)
+    requested = None
+    if labels is not None:
+        requested = np.asarray(labels if isinstance(labels, list) else [labels] * n)
+    report = score_images(from_uint8(images), requested, seed=seed, instrument=instrument)
+    row = {**key, "features": instrument.describe(),
+           "describe": resolved.describe(), "nfe": declared if declared is not None or measured is None else round(measured, 1),
+           "nfe_measured": measured, "batch_factor": batch_factor, "seconds": round(seconds, 3),
+           "seconds_per_image": seconds / n, "threads": timing["threads"], "device": timing["device"],
+           "checkpoint": str(ck.path) if ck.path else None, "step": ck.step, "weights": ck.weights,
+           "weights_sha256": fingerprint, **report.as_dict()}
+    if with_floor and n <= len(instrument.reference()[0]) // 2:
+        row["floor"] = floor_of(instrument, n, class_counts=class_counts(requested))
+    return row
+
+
+def _draw(ck, sampler, *, n, labels, seed, batch_size, device, progress, fast, classifier, classifier_scale,
+          condition_model) -> tuple[np.ndarray, dict]:
+    """(uint8 NHWC images, timing): n images timed, with the images the network saw (the measured NFE ×
+    the batch factor; None where the model is not a module)."""
+    import torch
+
+    from ddpm.images import to_uint8
+    from ddpm.sampling.api import generate
+
+    rows_in = [0]
 
     def count(module, args):
         rows_in[0] += int(args[0].shape[0])
@@ -90,24 +135,54 @@ def measure(ck, sampler, *, n: int, classes="all", seed: int = 0, batch_size: in
         if hook is not None:
             hook.remove()
     seconds = time.perf_counter() - t0
-    batch_factor = 2 if resolved.guidance else 1
-    measured = rows_in[0] / n / batch_factor if hook is not None else None
-    declared = resolved.nfe(ck.diffusion.num_timesteps)
-    requested = None
-    if labels is not None:
-        requested = np.asarray(labels if isinstance(labels, list) else [labels] * n)
-    report = score_images(x, requested, seed=seed, instrument=instrument)
-    guide = None if classifier is None else (str(classifier_path), classifier_scale, not condition_model)
-    row = {**row_key(sampler, n=n, classes=classes if labels is not None else "null", seed=seed, classifier=guide),
-           "features": instrument.describe(),
-           "describe": resolved.describe(), "nfe": declared if declared is not None or measured is None else round(measured, 1),
-           "nfe_measured": measured, "batch_factor": batch_factor, "seconds": round(seconds, 3),
-           "seconds_per_image": seconds / n, "threads": torch.get_num_threads(), "device": str(x.device if device is None else device),
-           "checkpoint": str(ck.path) if ck.path else None, "step": ck.step, "weights": ck.weights,
-           "weights_sha256": fingerprint or weights_fingerprint(ck.model), **report.as_dict()}
-    if with_floor and n <= len(instrument.reference()[0]) // 2:
-        row["floor"] = floor_of(instrument, n)
-    return row
+    timing = {"seconds": seconds, "nfe_measured": rows_in[0] / n if hook is not None else None,
+              "threads": torch.get_num_threads(), "device": str(x.device if device is None else device)}
+    return to_uint8(x), timing
+
+
+def floor_for(instrument, n: int, classes, num_classes: int | None) -> dict:
+    """:func:`~ddpm.evaluate.quality.floor_of` for n samples of ``classes`` (as :func:`class_labels`):
+    real subsets with the samples' class counts when the instrument scores those classes."""
+    from ddpm.evaluate.quality import floor_of
+
+    labels = class_labels(classes, num_classes, n) if instrument.scores_accuracy else None
+    if isinstance(labels, int):
+        labels = [labels] * n
+    return floor_of(instrument, n, class_counts=class_counts(labels))
+
+
+def class_counts(requested) -> list[int] | None:
+    """Images per class of the requested labels (None for unconditional samples): what the floor's real
+    subsets are drawn to match."""
+    if requested is None:
+        return None
+    return np.bincount(np.asarray(requested), minlength=int(np.max(requested)) + 1).tolist()
+
+
+def samples_file(samples_dir, key: dict, fingerprint: str) -> Path:
+    import hashlib
+
+    text = json.dumps({**key, "weights_sha256": fingerprint}, sort_keys=True, default=str)
+    return Path(samples_dir) / f"{hashlib.sha256(text.encode()).hexdigest()[:24]}.npz"
+
+
+def write_samples(path: Path, images: np.ndarray, timing: dict, key: dict) -> None:
+    from ddpm.images import save_arrays
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    nfe = timing["nfe_measured"]
+    save_arrays(path, {"images": images, "seconds": timing["seconds"], "threads": timing["threads"],
+                       "nfe_measured": np.nan if nfe is None else nfe, "device": timing["device"]},
+                metadata={"row": key})
+
+
+def read_samples(path: Path) -> tuple[np.ndarray, dict]:
+    from ddpm.images import read_npz
+
+    a = read_npz(path, error=ConfigError)
+    nfe = float(a["nfe_measured"])
+    return a["images"], {"seconds": float(a["seconds"]), "threads": int(a["threads"]),
+                         "nfe_measured": None if np.isnan(nfe) else nfe, "device": str(a["device"])}
 
 
 def row_key(sampler, *, n: int, classes, seed: int, classifier: tuple | None = None) -> dict:
@@ -190,11 +265,10 @@ def write_rows(path: str | os.PathLike, rows: list[dict], meta: dict) -> None:
 
 def run_sweep(ck, configs: list, *, n: int, json_path, classes="all", seed: int = 0, batch_size: int = 100,
               device=None, progress: bool = False, fast=None, log=print, instrument=None, classifier=None,
-              classifier_scales=(1.0,), condition_model: bool = True, classifier_path=None) -> list[dict]:
+              classifier_scales=(1.0,), condition_model: bool = True, classifier_path=None,
+              samples_dir=None) -> list[dict]:
     """Measure every SamplerConfig in ``configs`` (× every classifier scale, with a ``classifier``)
-    that ``json_path`` does not already hold."""
-    from ddpm.evaluate.quality import floor_of
-
+    that ``json_path`` does not already hold (``samples_dir``: see the module docstring)."""
     if instrument is None:
         instrument = instrument_for(ck.config)
     rows = load_rows(json_path)
@@ -203,7 +277,8 @@ def run_sweep(ck, configs: list, *, n: int, json_path, classes="all", seed: int 
     cls = classes if (ck.config.model.num_classes or classifier is not None) else "null"
     fits = n <= len(instrument.reference()[0]) // 2
     meta = {"checkpoint": str(ck.path) if ck.path else None, "step": ck.step, "features": instrument.describe(),
-            "floor": {"n": n, **floor_of(instrument, n)} if fits else None}
+            "floor": {"n": n, **floor_for(instrument, n, cls, classifier.config.num_classes if classifier is not None
+                                          else ck.config.model.num_classes)} if fits else None}
     settings = [(cfg, s) for cfg in configs for s in (classifier_scales if classifier is not None else [0.0])]
     for i, (cfg, scale) in enumerate(settings):
         guide = None if classifier is None else (str(classifier_path), scale, not condition_model)
@@ -215,7 +290,7 @@ def run_sweep(ck, configs: list, *, n: int, json_path, classes="all", seed: int 
         row = measure(ck, cfg, n=n, classes=classes, seed=seed, batch_size=batch_size, device=device,
                       progress=progress, fast=fast, with_floor=False, instrument=instrument, classifier=classifier,
                       classifier_scale=scale, condition_model=condition_model, classifier_path=classifier_path,
-                      fingerprint=fingerprint)
+                      fingerprint=fingerprint, samples_dir=samples_dir)
         rows.append(row)
         write_rows(json_path, rows, meta)
         log(f"[{i + 1}/{len(settings)}] {format_row(row)}")
@@ -239,29 +314,76 @@ def format_floor(floor: dict, n: int) -> str:
             f"KID {kid[0]:.4f} ± {kid[1]:.4f}  P {p[0]:.3f} R {r[0]:.3f}{acc}")
 
 
+SCORES = ("fd", "kid", "precision", "recall", "accuracy")
+MIN_SETS_FOR_STD = 3  # fewer independent sets than this cannot estimate a std; the within-set ± is kept
+
+
+def aggregate_seeds(rows: list[dict]) -> list[dict]:
+    """Rows of one setting measured with several seeds (independent sets of n images) merged into one, in
+    the file's order: each score the mean over the sets, its ± the std over the sets (ddof 1) when there
+    are at least MIN_SETS_FOR_STD of them, else the mean within-set ± (the delete-half jackknife of
+    :mod:`ddpm.evaluate.quality`); ``sets`` and ``seeds`` say which. Seconds are averaged."""
+    groups: dict[str, list[dict]] = {}
+    for r in rows:
+        key = {k: v for k, v in r.items() if k in _KEY_FIELDS and k != "seed"}
+        groups.setdefault(json.dumps(key, sort_keys=True, default=str), []).append(r)
+    out = []
+    for rs in groups.values():
+        merged = dict(rs[0])
+        merged.update(sets=len(rs), seeds=[r["seed"] for r in rs],
+                      seconds_per_image=float(np.mean([r["seconds_per_image"] for r in rs])))
+        for k in SCORES:
+            if rs[0].get(k) is None:
+                continue
+            vals = np.array([r[k] for r in rs], float)
+            merged[k] = float(vals.mean())
+            merged[f"{k}_std"] = (float(vals.std(ddof=1)) if len(rs) >= MIN_SETS_FOR_STD
+                                  else float(np.mean([r.get(f"{k}_std") or 0.0 for r in rs])))
+            merged[f"{k}_std_kind"] = "sets" if len(rs) >= MIN_SETS_FOR_STD else "halves"
+        out.append(merged)
+    return out
+
+
+_KEY_FIELDS = ("sampler", "steps", "spacing", "options", "guidance", "clip", "classes", "n", "seed", "classifier",
+               "classifier_scale", "model_null_label", "features", "weights_sha256")
+
+
+def _pm(r: dict, k: str, fmt: str) -> str:
+    std = r.get(f"{k}_std")
+    return format(r[k], fmt) + ("" if std is None else " ± " + format(std, fmt))
+
+
 def markdown_table(rows: list[dict], floor: dict | None = None) -> str:
-    """The sweep as a Markdown table (one row per setting, in the file's order), the floor last."""
+    """The sweep as a Markdown table (one row per setting, seeds merged by :func:`aggregate_seeds`, in the
+    file's order), the floor last."""
+    rows = aggregate_seeds(rows)
     cond = any(r.get("accuracy") is not None for r in rows)
-    head = ["setting", "NFE", "FD ±", "KID ±", "precision", "recall"] + (["class accuracy ±"] if cond else []) + [
-        "s / image"]
+    head = ["setting", "NFE", "sets", "FD ±", "KID ±", "precision ±", "recall ±"] + (
+        ["class accuracy ±"] if cond else []) + ["s / image"]
     out = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
         cells = [r["describe"], str(r["nfe"] * r.get("batch_factor", 1)) if r.get("batch_factor", 1) == 1
-                 else f"{r['nfe']} (×2 batch)", f"{r['fd']:.2f} ± {r['fd_std']:.2f}",
-                 f"{r['kid']:.4f} ± {r['kid_std']:.4f}", f"{r['precision']:.3f}", f"{r['recall']:.3f}"]
+                 else f"{r['nfe']} (×2 batch)", str(r["sets"]) + ("" if r["sets"] >= MIN_SETS_FOR_STD else "*"),
+                 _pm(r, "fd", ".2f"), _pm(r, "kid", ".4f"), _pm(r, "precision", ".3f"), _pm(r, "recall", ".3f")]
         if cond:
             cells.append("–" if r.get("accuracy") is None else
                          f"{100 * r['accuracy']:.1f} ± {100 * r['accuracy_std']:.1f} %")
         cells.append(f"{r['seconds_per_image']:.3f}")
         out.append("| " + " | ".join(cells) + " |")
     if floor:
-        cells = [f"real vs real (floor), n = {floor.get('n', rows[0]['n'] if rows else '?')}", "–",
+        strat = ", class counts as the samples'" if floor.get("stratified") else ""
+        cells = [f"real vs real (floor), n = {floor.get('n', rows[0]['n'] if rows else '?')}{strat}", "–", f"{floor.get('draws', '?')} draws",
                  f"{floor['fd'][0]:.2f} ± {floor['fd'][1]:.2f}", f"{floor['kid'][0]:.4f} ± {floor['kid'][1]:.4f}",
-                 f"{floor['precision'][0]:.3f}", f"{floor['recall'][0]:.3f}"]
+                 f"{floor['precision'][0]:.3f} ± {floor['precision'][1]:.3f}",
+                 f"{floor['recall'][0]:.3f} ± {floor['recall'][1]:.3f}"]
         if cond:
             cells.append(f"{100 * floor['accuracy'][0]:.1f} %" if "accuracy" in floor else "–")
         cells.append("–")
         out.append("| " + " | ".join(cells) + " |")
+    out.append("")
+    out.append(f"sets: independent sets of n images (seeds); ± is the std over the sets where there are at least "
+               f"{MIN_SETS_FOR_STD}, else (*) the within-set delete-half jackknife, about 3× the set-to-set std "
+               f"on the digits model; the floor's ± is the std over its draws.")
     return "\n".join(out) + "\n"
 
 
@@ -280,7 +402,7 @@ def plot_sweep(rows: list[dict], path, *, floor: dict | None = None, title: str 
     import matplotlib.pyplot as plt
 
     groups: dict[str, list[dict]] = {}
-    for r in rows:
+    for r in aggregate_seeds(rows):
         groups.setdefault(_label(r), []).append(r)
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), sharey=True)
     for ax, xkey, xlabel in ((axes[0], "nfe", "network evaluations per image (NFE)"),

@@ -108,7 +108,7 @@ def plot_run(run_dir: str | os.PathLike, out: str | os.PathLike | None = None, *
                    else 0.0 for r in rows]
             qa.errorbar([r["step"] for r in rows], [r["fd"] for r in rows], yerr=err, marker="o", capsize=3,
                         label=f"{key} (n = {rows[0].get('n', '?')})")
-        qa.set_ylabel("FD (digits features) ± bootstrap std")
+        qa.set_ylabel("FD (digits features) ± its recorded std")
         qa.grid(True, alpha=0.3)
         qa.legend(fontsize=7)
     axes[-1][0].set_xlabel("step")
