@@ -182,15 +182,12 @@ def precision_recall_halves(real: np.ndarray, fake: np.ndarray, real_strata=None
     return prec, rec, float(p_std), float(r_std)
 
 
-def stratified_draw(labels: np.ndarray, counts, rng: np.random.Generator, exclude=None) -> np.ndarray | None:
-    """Indices of ``counts[c]`` items of each class c, drawn without replacement (not from ``exclude``);
-    None when some class has too few."""
-    pool = np.ones(len(labels), bool)
-    if exclude is not None:
-        pool[exclude] = False
+def stratified_draw(labels: np.ndarray, counts, rng: np.random.Generator) -> np.ndarray | None:
+    """Indices of ``counts[c]`` items of each class c, drawn without replacement; None when some class
+    has too few."""
     out = []
     for c, m in enumerate(counts):
-        idx = np.flatnonzero((labels == c) & pool)
+        idx = np.flatnonzero(labels == c)
         if m > len(idx):
             return None
         out.append(rng.choice(idx, m, replace=False))
