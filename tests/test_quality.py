@@ -268,6 +268,8 @@ def test_sweep_rescores_kept_samples_without_sampling(tmp_path, monkeypatch):
         assert again[k] == pytest.approx(first[k], rel=1e-5, abs=1e-9), k
     for k in ("seconds", "nfe", "nfe_measured", "threads"):  # the kept sampling record, as it was
         assert again[k] == first[k], k
+    (tmp_path / "file").write_text("x")
+    assert exit_code([*argv[:-3], "--samples", str(tmp_path / "file"), "--no-progress"]) == 2
 
 
 @pytest.mark.parametrize("argv, message", [

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import time
+from pathlib import Path
 
 from ddpm.cli import common
 from ddpm.errors import ConfigError
@@ -177,6 +178,8 @@ def run_sweep(args: argparse.Namespace) -> int:
         common.check_output(args.plot, kind="plot", may_exist=True, flag="--plot")
     if args.markdown:
         common.check_output(args.markdown, may_exist=True, flag="--markdown")
+    if args.samples and Path(args.samples).exists() and not Path(args.samples).is_dir():
+        raise ConfigError(f"--samples {args.samples} is a file; give a folder (it is created if missing)")
     ck, device, instrument = _load(args)
     scales = args.classifier_scale
     args.classifier_scale = None  # a list here: checked and used below, not by classifier_from_args
