@@ -112,10 +112,16 @@ def half_indices(n: int, rng: np.random.Generator, strata=None) -> np.ndarray:
 def fd_halves(a: np.ndarray, b: np.ndarray, strata=None, draws: int = HALVES, seed: int = 0) -> tuple[float, float]:
     """(FD of ``a`` to ``b``, std of FD over ``draws`` random halves of ``a``: the delete-half jackknife,
     stratified by ``strata``; see the module docstring for why not the bootstrap)."""
-    rng = np.random.default_rng(seed)
     to_b = _FDTo(b)
-    halves = [to_b(a[half_indices(len(a), rng, strata)]) for _ in range(draws)]
-    return to_b(a), float(np.std(halves))
+    return to_b(a), float(_half_spread(lambda h, i: to_b(a[h[0]]), [(len(a), strata)], draws, seed))
+
+
+def _half_spread(score, sets, draws: int, seed: int) -> np.ndarray:
+    """Std over ``draws`` calls of ``score(halves, i)``, where ``halves`` holds a fresh random half (see
+    :func:`half_indices`) of each set in ``sets`` (a list of (size, strata)): the delete-half jackknife."""
+    rng = np.random.default_rng(seed)
+    values = [score([half_indices(n, rng, strata) for n, strata in sets], i) for i in range(draws)]
+    return np.std(np.asarray(values, dtype=float), axis=0)
 
 
 def _poly_kernel(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -146,10 +152,9 @@ def kid(a: np.ndarray, b: np.ndarray, subset: int = KID_SUBSET, subsets: int = K
 def kid_halves(a: np.ndarray, b: np.ndarray, strata=None, draws: int = HALVES, seed: int = 0) -> tuple[float, float]:
     """(KID of ``a`` against ``b``, std of KID over ``draws`` random halves of ``a``, stratified as for FD;
     each half against 10 subsets of ``b``)."""
-    rng = np.random.default_rng(seed)
-    value = kid(a, b, seed=seed)[0]
-    halves = [kid(a[half_indices(len(a), rng, strata)], b, subsets=10, seed=seed + 1 + i)[0] for i in range(draws)]
-    return value, float(np.std(halves))
+    spread = _half_spread(lambda h, i: kid(a[h[0]], b, subsets=10, seed=seed + 1 + i)[0],
+                          [(len(a), strata)], draws, seed)
+    return kid(a, b, seed=seed)[0], float(spread)
 
 
 def _sq_dists(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -174,11 +179,9 @@ def precision_recall(real: np.ndarray, fake: np.ndarray, k: int = PR_K) -> tuple
 def precision_recall_halves(real: np.ndarray, fake: np.ndarray, real_strata=None, fake_strata=None,
                             draws: int = HALVES, seed: int = 0) -> tuple[float, float, float, float]:
     """(precision, recall, their stds over ``draws`` random halves of both sets, stratified)."""
-    rng = np.random.default_rng(seed)
     prec, rec = precision_recall(real, fake)
-    halves = [precision_recall(real[half_indices(len(real), rng, real_strata)],
-                               fake[half_indices(len(fake), rng, fake_strata)]) for _ in range(draws)]
-    p_std, r_std = np.std(np.asarray(halves), axis=0)
+    p_std, r_std = _half_spread(lambda h, i: precision_recall(real[h[0]], fake[h[1]]),
+                                [(len(real), real_strata), (len(fake), fake_strata)], draws, seed)
     return prec, rec, float(p_std), float(r_std)
 
 
@@ -453,7 +456,8 @@ def floor_of(instrument: Instrument, n: int, draws: int = FLOOR_DRAWS, seed: int
     if counts is not None and sum(counts) != n:
         raise ConfigError(f"the floor's class counts {list(counts)} add up to {sum(counts)}, not n = {n}")
     rng = np.random.default_rng(seed)
-    stratified = counts is not None and labels is not None and stratified_draw(labels, counts, rng) is not None
+    stratified = (counts is not None and labels is not None
+                  and all(m <= np.count_nonzero(labels == c) for c, m in enumerate(counts)))
     rows = []
     for d in range(draws):
         s = stratified_draw(labels, counts, rng) if stratified else rng.permutation(len(feats))[:n]

@@ -185,13 +185,15 @@ def read_samples(path: Path) -> tuple[np.ndarray, dict]:
                          "nfe_measured": None if np.isnan(nfe) else nfe, "device": str(a["device"])}
 
 
+_ROW_KEY = ("sampler", "steps", "spacing", "options", "guidance", "clip", "classes", "n", "seed", "classifier",
+            "classifier_scale", "model_null_label")
+
+
 def row_key(sampler, *, n: int, classes, seed: int, classifier: tuple | None = None) -> dict:
     """``classifier``: (checkpoint, scale, model given the null label) of classifier guidance, or None."""
     path, scale, null = classifier if classifier is not None else (None, None, None)
-    return {"sampler": sampler.sampler, "steps": sampler.steps, "spacing": sampler.spacing,
-            "options": dict(sampler.options), "guidance": sampler.guidance, "clip": sampler.clip_denoised,
-            "classes": classes, "n": n, "seed": seed, "classifier": path, "classifier_scale": scale,
-            "model_null_label": null}
+    return dict(zip(_ROW_KEY, (sampler.sampler, sampler.steps, sampler.spacing, dict(sampler.options),
+                               sampler.guidance, sampler.clip_denoised, classes, n, seed, path, scale, null)))
 
 
 def weights_fingerprint(model) -> str:
@@ -344,8 +346,7 @@ def aggregate_seeds(rows: list[dict]) -> list[dict]:
     return out
 
 
-_KEY_FIELDS = ("sampler", "steps", "spacing", "options", "guidance", "clip", "classes", "n", "seed", "classifier",
-               "classifier_scale", "model_null_label", "features", "weights_sha256")
+_KEY_FIELDS = _ROW_KEY + ("features", "weights_sha256")
 
 
 def _pm(r: dict, k: str, fmt: str) -> str:
