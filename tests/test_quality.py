@@ -93,7 +93,10 @@ def test_stratified_draw_takes_exact_class_counts():
     labels = np.repeat(np.arange(3), 10)
     idx = q.stratified_draw(labels, [4, 0, 10], rng)
     assert np.bincount(labels[idx], minlength=3).tolist() == [4, 0, 10] and len(set(idx.tolist())) == 14
-    assert q.stratified_draw(labels, [11, 0, 0], rng) is None  # only 10 of class 0
+    assert q.has_counts(labels, [10, 0, 10]) and not q.has_counts(labels, [11, 0, 0])  # only 10 of class 0
+    assert not q.has_counts(None, [1, 0, 0])
+    with pytest.raises(ValueError, match="fewer items"):
+        q.stratified_draw(labels, [11, 0, 0], rng)
 
 
 def test_confusion_and_accuracy():

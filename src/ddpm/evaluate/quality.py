@@ -185,16 +185,17 @@ def precision_recall_halves(real: np.ndarray, fake: np.ndarray, real_strata=None
     return prec, rec, float(p_std), float(r_std)
 
 
-def stratified_draw(labels: np.ndarray, counts, rng: np.random.Generator) -> np.ndarray | None:
-    """Indices of ``counts[c]`` items of each class c, drawn without replacement; None when some class
-    has too few."""
-    out = []
-    for c, m in enumerate(counts):
-        idx = np.flatnonzero(labels == c)
-        if m > len(idx):
-            return None
-        out.append(rng.choice(idx, m, replace=False))
-    return np.concatenate(out)
+def has_counts(labels: np.ndarray | None, counts) -> bool:
+    """Whether ``labels`` hold at least ``counts[c]`` items of every class c (so a stratified draw works)."""
+    return labels is not None and all(m <= np.count_nonzero(labels == c) for c, m in enumerate(counts))
+
+
+def stratified_draw(labels: np.ndarray, counts, rng: np.random.Generator) -> np.ndarray:
+    """Indices of ``counts[c]`` items of each class c, drawn without replacement (check ``has_counts``
+    first)."""
+    if not has_counts(labels, counts):
+        raise ValueError(f"labels hold fewer items of some class than the counts {list(counts)} ask for")
+    return np.concatenate([rng.choice(np.flatnonzero(labels == c), m, replace=False) for c, m in enumerate(counts)])
 
 
 def confusion(requested: np.ndarray, recognised: np.ndarray, classes: int = 10) -> np.ndarray:
@@ -403,10 +404,10 @@ def score_features(feats: np.ndarray, probs: np.ndarray, labels=None, *, ref_fea
     labels = None if labels is None else np.asarray(labels)
     fd_v, fd_s = fd_halves(feats, ref_feats, strata=labels, seed=seed)
     kid_v, kid_s = kid_halves(feats, ref_feats, strata=labels, seed=seed)
-    real_idx = None
-    if labels is not None and ref_labels is not None:
-        real_idx = stratified_draw(ref_labels, np.bincount(labels, minlength=int(ref_labels.max()) + 1), rng)
-    if real_idx is None:
+    counts = None if labels is None or ref_labels is None else np.bincount(labels, minlength=int(ref_labels.max()) + 1)
+    if counts is not None and has_counts(ref_labels, counts):
+        real_idx = stratified_draw(ref_labels, counts, rng)
+    else:
         real_idx = rng.choice(len(ref_feats), min(n, len(ref_feats)), replace=False)
     real_strata = None if labels is None or ref_labels is None else ref_labels[real_idx]
     prec, rec, prec_s, rec_s = precision_recall_halves(ref_feats[real_idx], feats, real_strata, labels, seed=seed)
@@ -456,8 +457,7 @@ def floor_of(instrument: Instrument, n: int, draws: int = FLOOR_DRAWS, seed: int
     if counts is not None and sum(counts) != n:
         raise ConfigError(f"the floor's class counts {list(counts)} add up to {sum(counts)}, not n = {n}")
     rng = np.random.default_rng(seed)
-    stratified = (counts is not None and labels is not None
-                  and all(m <= np.count_nonzero(labels == c) for c, m in enumerate(counts)))
+    stratified = counts is not None and has_counts(labels, counts)
     rows = []
     for d in range(draws):
         s = stratified_draw(labels, counts, rng) if stratified else rng.permutation(len(feats))[:n]
