@@ -249,6 +249,29 @@ def test_aggregate_seeds_merges_independent_sets():
     assert merged[1]["fd_std_kind"] == "halves" and "accuracy_std" not in merged[1]
 
 
+def test_plot_series_draws_one_set_per_curve_and_the_means_apart(tmp_path):
+    from ddpm.evaluate.sweep import plot_series, plot_sweep
+
+    def row(seed, fd, steps, sampler="ddim"):
+        return {"sampler": sampler, "steps": steps, "options": {"eta": 0.0} if sampler == "ddim" else {}, "guidance": 0.0, "n": 500, "seed": seed,
+                "fd": fd, "fd_std": 0.1, "kid": 0.0, "kid_std": 0.01, "precision": 0.7, "precision_std": 0.02,
+                "recall": 0.8, "recall_std": 0.02, "accuracy": None, "nfe": steps, "seconds_per_image": 0.01 * steps}
+
+    rows = [row(0, 0.84, 10), row(1, 0.93, 10), row(2, 0.90, 10), row(0, 0.76, 20), row(0, 0.77, 50),
+            row(1, 0.90, 50), row(2, 0.80, 50), row(1, 5.0, 4, "ddpm"), row(2, 6.0, 8, "ddpm")]
+    series = plot_series(rows)
+    line, means = series["ddim eta=0"]
+    # the curve is seed 0 at every point (the seed all its points share), not a mix of means and one set
+    assert [(r["steps"], r["fd"]) for r in line] == [(10, 0.84), (20, 0.76), (50, 0.77)]
+    assert [(m["steps"], m["sets"]) for m in means] == [(10, 3), (50, 3)]
+    assert means[0]["fd"] == pytest.approx((0.84 + 0.93 + 0.90) / 3)
+    # no seed common to every point: the merged points, nothing drawn apart
+    line, means = series["ddpm"]
+    assert [(r["steps"], r["fd"]) for r in line] == [(4, 5.0), (8, 6.0)] and means == []
+    out = plot_sweep(rows, tmp_path / "p.png", floor={"fd": (0.4, 0.06)})
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
 def test_sweep_rescores_kept_samples_without_sampling(tmp_path, monkeypatch):
     out, kept = tmp_path / "s.json", tmp_path / "samples"
     argv = ["eval", "sweep", "--ckpt", ASSET, "-n", "20", "--samplers", "ddim", "--steps", "3", "--seed", "4",

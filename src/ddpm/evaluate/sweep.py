@@ -394,24 +394,52 @@ def _label(r: dict) -> str:
     return f"{r['sampler']}" + (f" {opts}" if opts else "") + w + (" classifier" if r.get("classifier") else "")
 
 
+def plot_series(rows: list[dict]) -> dict[str, tuple[list[dict], list[dict]]]:
+    """What :func:`plot_sweep` draws, per sampler setting (label): (line, means).
+
+    The line joins one set per point — the lowest seed measured at every point of the curve — with its
+    within-set ±, so a curve never mixes one-set values with several sets' means (whose images differ).
+    ``means`` are the points measured on more than one set, as :func:`aggregate_seeds` merges them,
+    drawn apart. A curve with no seed common to all its points falls back to the merged points."""
+    raw: dict[str, list[dict]] = {}
+    for r in rows:
+        raw.setdefault(_label(r), []).append(r)
+    out = {}
+    for label, rs in raw.items():
+        merged = aggregate_seeds(rs)
+        common = set.intersection(*(set(m["seeds"]) for m in merged))
+        if not common:
+            out[label] = (merged, [])
+            continue
+        seed = min(common)
+        line = [r for r in rs if r["seed"] == seed]
+        out[label] = (line, [m for m in merged if m["sets"] > 1])
+    return out
+
+
 def plot_sweep(rows: list[dict], path, *, floor: dict | None = None, title: str = "") -> Path:
-    """FD against NFE and against seconds per image (log x), one line per sampler setting, with the
+    """FD against NFE and against seconds per image (log x), one line per sampler setting (one set of
+    images per point, :func:`plot_series`; the mean over several sets as an open marker), with the
     real-vs-real floor as a band."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    groups: dict[str, list[dict]] = {}
-    for r in aggregate_seeds(rows):
-        groups.setdefault(_label(r), []).append(r)
+    series = plot_series(rows)
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), sharey=True)
     for ax, xkey, xlabel in ((axes[0], "nfe", "network evaluations per image (NFE)"),
                              (axes[1], "seconds_per_image", "seconds per image")):
-        for label, rs in groups.items():
-            rs = sorted(rs, key=lambda r: r[xkey])
-            ax.errorbar([r[xkey] for r in rs], [r["fd"] for r in rs], yerr=[r["fd_std"] for r in rs],
-                        marker="o", ms=4, capsize=2, label=label)
+        for label, (line, means) in series.items():
+            line = sorted(line, key=lambda r: r[xkey])
+            seeds = {r.get("seed") for r in line}
+            tag = f" (seed {line[0]['seed']})" if means and len(seeds) == 1 else ""
+            drawn = ax.errorbar([r[xkey] for r in line], [r["fd"] for r in line], yerr=[r["fd_std"] for r in line],
+                                marker="o", ms=4, capsize=2, label=label + tag)
+            if means:
+                ax.errorbar([m[xkey] for m in means], [m["fd"] for m in means], yerr=[m["fd_std"] for m in means],
+                            fmt="o", ms=7, mfc="none", capsize=3, color=drawn.lines[0].get_color(),
+                            label=f"{label}: mean of {'/'.join(sorted({str(m['sets']) for m in means}))} sets")
         if floor:
             m, s = floor["fd"]
             ax.axhspan(max(m - s, 1e-3), m + s, color="grey", alpha=0.3, label="real vs real (floor)")
