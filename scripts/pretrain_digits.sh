@@ -11,6 +11,8 @@
 # STEPS (run 1, default 12000), ANNEAL (run 2, default 4000) and DEST (default the shipped asset folder)
 # train and export a longer variant elsewhere, e.g. the candidate of docs/quality.md ("Longer training"):
 #   RUN=runs/digits-long STEPS=16000 ANNEAL=8000 DEST=runs/digits-long-export bash scripts/pretrain_digits.sh
+# CH (default 32) sets the U-Net's base width of run 1 (run 2 inherits its config), e.g. the ch 48 run of
+# docs/quality.md ("Width"): RUN=runs/digits-ch48 CH=48 STEPS=16000 ANNEAL=8000 DEST=... .
 # The shipped run 2 used two threads; a different thread count changes the float rounding, not the recipe.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -20,12 +22,13 @@ THREADS="${THREADS:-1}"
 STEPS="${STEPS:-12000}"
 ANNEAL="${ANNEAL:-4000}"
 DEST="${DEST:-src/ddpm/assets/digits}"
+CH="${CH:-32}"
 train() { "$PY" -m ddpm train --threads "$THREADS" --no-progress "$@"; }
 if [ -d "$RUN/checkpoints" ]; then
   train --resume --run-dir "$RUN" --steps "$STEPS"
 else
   train --preset digits --batch-size 32 --run-dir "$RUN" --steps "$STEPS" \
-      --set train.ckpt_every=400 --set train.keep_checkpoints=40
+      --set train.ckpt_every=400 --set train.keep_checkpoints=40 --set model.ch="$CH"
 fi
 if [ -d "$RUN-anneal/checkpoints" ]; then
   train --resume --run-dir "$RUN-anneal"
