@@ -88,6 +88,20 @@ def test_half_indices_keep_class_proportions():
     assert sorted(q.half_indices(7, rng).tolist()) != list(range(7)) and len(q.half_indices(7, rng)) == 3
 
 
+def test_train_classifier_on_given_digits_reports_accuracy_on_the_given_heldout():
+    from ddpm.data.digits import load_all
+
+    images, labels = load_all()
+    rng = np.random.default_rng(0)
+    drawn = q.stratified_draw(labels, [45] * 10, rng).reshape(10, 45)  # per class: 40 to train, 5 held out
+    a, b = drawn[:, :40].ravel(), drawn[:, 40:].ravel()
+    net, record = dc.train_classifier(epochs=6, data=(images[a], labels[a]), heldout=(images[b], labels[b]),
+                                      log=lambda *_: None)
+    assert record["train_images"] == 400 and len(record["loss_per_epoch"]) == 6
+    assert record["loss_per_epoch"][-1] < record["loss_per_epoch"][0]
+    assert record["heldout_accuracy"] == dc.accuracy(net, images[b], labels[b]) > 0.2  # chance is 0.1
+
+
 def test_stratified_draw_takes_exact_class_counts():
     rng = np.random.default_rng(0)
     labels = np.repeat(np.arange(3), 10)

@@ -102,10 +102,11 @@ def to_input(images: np.ndarray | torch.Tensor) -> torch.Tensor:
 
 
 def train_classifier(*, kind: str = "features", epochs: int = 30, batch_size: int = 64, lr: float = 2e-3,
-                     seed: int = 0, log=print) -> tuple[DigitsNet, dict]:
+                     seed: int = 0, log=print, data=None, heldout=None) -> tuple[DigitsNet, dict]:
     """Train the ``kind`` network (``features``: clean digits; ``recognizer``: with pixel noise) on the
     4,500 ``train`` digits; returns it (eval mode) and its record (hyper-parameters, per-epoch loss,
-    held-out accuracy on the 500 ``test`` digits)."""
+    held-out accuracy on the 500 ``test`` digits). ``data`` / ``heldout`` ((uint8 images, labels)) replace
+    the two splits, for studies of the instrument itself (``scripts/floor_study.py``)."""
     if kind not in KINDS:
         raise ConfigError(f"kind must be one of {', '.join(KINDS)}, got {kind!r}")
     noise = kind == "recognizer"
@@ -113,7 +114,8 @@ def train_classifier(*, kind: str = "features", epochs: int = 30, batch_size: in
 
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
-    xs, ys = load_digits("train")
+    xs, ys = load_digits("train") if data is None else data
+    heldout = load_digits("test") if heldout is None else heldout
     x, y = to_input(xs), torch.from_numpy(ys)
     net = DigitsNet()
     opt = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=1e-4)
@@ -140,7 +142,7 @@ def train_classifier(*, kind: str = "features", epochs: int = 30, batch_size: in
     record = {"kind": kind, "epochs": epochs, "batch_size": batch_size, "lr": lr, "seed": seed,
               "optimizer": "AdamW wd 1e-4, one-cycle", "augmentation": augmentation, "label_smoothing": 0.05,
               "train_images": len(x), "loss_per_epoch": [round(v, 5) for v in history],
-              "train_accuracy": accuracy(net, xs, ys), "heldout_accuracy": accuracy(net, *load_digits("test")),
+              "train_accuracy": accuracy(net, xs, ys), "heldout_accuracy": accuracy(net, *heldout),
               "parameters": sum(p.numel() for p in net.parameters())}
     return net, record
 
