@@ -17,7 +17,8 @@ from ddpm.data.digits import load_digits
 TS = (10, 50, 100, 200, 400, 600, 800, 950)
 
 
-def eps_mse(ck, split: str, n: int = 500) -> list[float]:
+def eps_mse(ck, split: str, n: int = 500, time_input=lambda t: t) -> list[float]:
+    """Per t of TS; the network is fed ``time_input(t)`` (the wrong-t probe of study_digits_model.py feeds t // 2)."""
     images, labels = load_digits(split)
     x0 = torch.from_numpy(images[:n]).float().div(127.5).sub(1).unsqueeze(1)
     y = torch.from_numpy(labels[:n])
@@ -27,7 +28,7 @@ def eps_mse(ck, split: str, n: int = 500) -> list[float]:
         for t in TS:
             eps = torch.randn(x0.shape, generator=g)
             tt = torch.full((len(x0),), t)
-            pred = ck.model(ck.diffusion.q_sample(x0, tt, noise=eps), tt, y=y)[:, :1]
+            pred = ck.model(ck.diffusion.q_sample(x0, tt, noise=eps), time_input(tt), y=y)[:, :1]
             out.append(((pred - eps) ** 2).mean().item())
     return out
 

@@ -22,27 +22,14 @@ from pathlib import Path
 import torch
 
 from ddpm.checkpoint import load_checkpoint
-from ddpm.data.digits import load_digits
 from ddpm.evaluate.quality import score_images
 from ddpm.sampling.api import generate, sampler_config
+from heldout_eps_mse import TS, eps_mse  # scripts/ is on the path when run as a script
 
-TS = (10, 50, 100, 200, 400, 600, 800, 950)
 
 
 def time_sensitivity(ck) -> dict:
-    images, labels = load_digits("test")
-    x0 = torch.from_numpy(images).float().div(127.5).sub(1).unsqueeze(1)
-    y = torch.from_numpy(labels)
-    d, T = ck.diffusion, ck.diffusion.num_timesteps
-    g = torch.Generator().manual_seed(0)
-    true, half = [], []
-    with torch.no_grad():
-        for t in TS:
-            eps = torch.randn(x0.shape, generator=g)
-            tt = torch.full((len(x0),), t)
-            xt = d.q_sample(x0, tt, noise=eps)
-            for out, t_in in ((true, tt), (half, tt // 2)):
-                out.append(((ck.model(xt, t_in, y=y)[:, :1] - eps) ** 2).mean().item())
+    true, half = eps_mse(ck, "test"), eps_mse(ck, "test", time_input=lambda t: t // 2)
     return {"eps_mse_true_t": sum(true) / len(TS), "eps_mse_half_t": sum(half) / len(TS),
             "wrong_t_ratio": sum(half) / sum(true), "per_t": dict(zip(map(str, TS), zip(true, half)))}
 
