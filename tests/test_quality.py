@@ -121,14 +121,40 @@ def test_confusion_and_accuracy():
 # ---------------------------------------------------------------------------------- classifier
 @pytest.mark.parametrize("kind, record_file", [("features", "record.json"), ("recognizer", "recognizer_record.json")])
 def test_shipped_networks_accuracy_and_record(kind, record_file):
-    record = json.loads((dc.asset_dir() / record_file).read_text())
-    from ddpm.data.digits import load_digits
+    """Version 2 (default): trained on one half, accuracy on the other, the reference half; version 1
+    (kept to reproduce old tables): trained on the 4,500 `train` digits, accuracy on the 500 `test` ones."""
+    from ddpm.data.digits import load_all, load_digits
 
-    acc = dc.accuracy(dc.load(kind), *load_digits("test"))
+    record = json.loads((dc.asset_dir() / record_file).read_text())
+    images, labels = load_all()
+    _, ref = dc.instrument_split()
+    acc = dc.accuracy(dc.load(kind), images[ref], labels[ref])
     assert acc == pytest.approx(record["heldout_accuracy"], abs=1e-9)  # the shipped number is reproducible
     assert acc >= 0.98
-    assert record["train_images"] == 4500
+    assert (record["train_images"], record["heldout_images"], record["version"]) == (2500, 2500, 2)
     assert sum(p.numel() for p in dc.load(kind).parameters()) == record["parameters"]
+    old = json.loads((dc.asset_dir(1) / record_file).read_text())
+    assert dc.accuracy(dc.load(kind, version=1), *load_digits("test")) == pytest.approx(old["heldout_accuracy"], abs=1e-9)
+    assert old["train_images"] == 4500
+
+
+def test_instrument_split_is_fixed_disjoint_and_class_balanced():
+    """The reference digits are exactly those the version-2 networks never saw, 250 of each class."""
+    from ddpm.data.digits import load_all
+
+    _, labels = load_all()
+    train, ref = dc.instrument_split()
+    assert len(set(train.tolist()) | set(ref.tolist())) == 5000 and not set(train.tolist()) & set(ref.tolist())
+    assert np.bincount(labels[train]).tolist() == [250] * 10 == np.bincount(labels[ref]).tolist()
+    assert np.array_equal(dc.instrument_split()[0], train)  # fixed: the same draw every time
+    assert 100 < np.count_nonzero(ref < 2500) < 2400  # random, not a block of the file (MNIST order)
+    feats, probs, ref_labels = q.reference()
+    assert feats.shape == (2500, 128) and np.array_equal(ref_labels, labels[ref])
+    assert q.reference(version=1)[0].shape == (5000, 128)
+    with pytest.raises(ConfigError, match="version must be one of"):
+        q.DigitsInstrument(28, version=3)
+    with pytest.raises(ConfigError, match="n ≤ 1250"):
+        q.real_floor(1300)
 
 
 def test_the_recognizer_reads_speckled_digits_the_features_see_the_speckle():
@@ -160,6 +186,7 @@ def test_floor_with_the_samples_class_counts_is_lower_and_tighter():
     assert balanced["stratified"] and not random["stratified"]
     assert balanced["fd"][0] < 0.6 * random["fd"][0] and balanced["fd"][1] < 0.5 * random["fd"][1]
     assert balanced["accuracy"][0] > 0.98
+    assert balanced["is_mean"][0] > 5  # 7 with 10 equal classes; a draw sorted by class gave 1 (IS splits)
     with pytest.raises(ConfigError, match="add up to"):
         q.real_floor(200, class_counts=[10] * 10)
 
@@ -212,7 +239,24 @@ def test_eval_quality_on_the_shipped_checkpoint(tmp_path, capsys):
     # two deterministic steps from pure noise leave blurred class means, far from real digits
     assert row["fd"] > 5 * row["floor"]["fd"][0]
     printed = capsys.readouterr().out
-    assert "FD" in printed and "floor" in printed
+    assert "FD" in printed and "floor" in printed and "digits v2" in printed
+
+
+def test_eval_quality_scores_the_same_images_with_either_instrument_version(tmp_path):
+    """`--features digits-v1` reproduces tables measured with version 1: same images, its own networks and
+    reference (all 5,000 digits), recorded under the name its rows had."""
+    rows = {}
+    for features in ("digits", "digits-v1"):
+        out = tmp_path / f"{features}.json"
+        assert main(["eval", "quality", "--ckpt", ASSET, "-n", "20", "--sampler", "ddim", "--steps", "2",
+                     "--features", features, "--json", str(out), "--no-progress"]) == 0
+        rows[features] = json.loads(out.read_text())
+    v1, v2 = rows["digits-v1"], rows["digits"]
+    assert (v1["features"], v2["features"]) == ("digits", "digits v2")
+    feats_v1, _ = q.DigitsInstrument(28, version=1).predict(np.zeros((2, 28, 28), np.uint8))
+    feats_v2, _ = q.DigitsInstrument(28).predict(np.zeros((2, 28, 28), np.uint8))
+    assert not np.allclose(feats_v1, feats_v2)  # two different networks
+    assert v1["fd"] != v2["fd"] and v1["floor"]["fd"][0] < v2["floor"]["fd"][0]  # v1's floor: digits it learnt
 
 
 def test_eval_sweep_resumes_and_plots(tmp_path, capsys):
@@ -349,7 +393,7 @@ def test_smaller_digits_are_scored_against_real_digits_at_their_resolution():
 
     inst = q.DigitsInstrument(16)
     feats, probs, labels = inst.reference()
-    assert feats.shape == (5000, 128)
+    assert feats.shape == (2500, 128)
     assert (probs.argmax(1) == labels).mean() > 0.95  # 16×16 digits are still legible to the classifier
     floor = q.floor_of(inst, 200, draws=3)
     images, labels = load_all()
@@ -369,7 +413,7 @@ def test_eval_quality_on_smaller_digits_and_with_inception_features(tmp_path, ca
     assert main(["eval", "quality", "--ckpt", str(ck), "-n", "12", "--steps", "2", "--json", str(out),
                  "--no-progress"]) == 0
     row = json.loads(out.read_text())
-    assert row["features"] == "digits (at 16×16, upsampled)" and row["n"] == 12
+    assert row["features"] == "digits v2 (at 16×16, upsampled)" and row["n"] == 12
     # The FID network's features (random weights here: a pipeline check), against real digits.
     assert main(["eval", "quality", "--ckpt", str(ck), "-n", "10", "--steps", "2", "--features", "inception",
                  "--inception", "random", "--ref", "digits", "--ref-num", "20", "--json", str(out), "--overwrite",

@@ -54,7 +54,7 @@ def test_table1_without_inception_weights_reports_nll(out):
         assert f"≤ {res[v]['nll_test']['bpd']:.3f}" in text
         # the digits features fill the quality columns offline (8×8 digits, scored upsampled)
         d = res[v]["digits"]
-        assert d["n"] == 10 and d["features"] == "digits (at 8×8, upsampled)" and d["fd"] > 0
+        assert d["n"] == 10 and d["features"] == "digits v2 (at 8×8, upsampled)" and d["fd"] > 0
         assert f"| {d['fd']:.2f} ± {d['fd_std']:.2f} | {d['kid']:.4f} ± {d['kid_std']:.4f} |" in text
     un = res["untrained"]
     assert f"The same network untrained: FD {un['fd']:.2f}" in text

@@ -273,7 +273,7 @@ def _digits_notes(r: Repro) -> list[str]:
         return []
     floor, un, n = rows[0].get("floor"), r.results.get("untrained"), rows[0]["n"]
     lines = [f"FD/KID digits: the project's digits features ({rows[0]['features']}), {n} samples of Algorithm 2 "
-             f"(seed 0) against the 5,000 bundled digits; ± is the std over random halves of the samples (the "
+             f"(seed 0) against the bundled digits the features never saw; ± is the std over random halves of the samples (the "
              f"delete-half jackknife; `docs/evaluation.md`)."]
     if floor:
         lines[-1] += (f" Real vs real at the same n (the floor): FD {floor['fd'][0]:.2f} ± {floor['fd'][1]:.2f}, "

@@ -46,12 +46,13 @@ def _ints(text: str) -> list[int]:
 def _shared(q, *, n_default: int) -> None:
     q.add_argument("--ckpt", required=True, help="run dir, checkpoint dir, .safetensors, diffusers folder or Hub id")
     q.add_argument("-n", "--num", type=common.positive_int, default=n_default,
-                   help=f"images per setting (default {n_default}; the floor needs n ≤ 2500)")
+                   help=f"images per setting (default {n_default}; the digits floor needs n ≤ 1250)")
     q.add_argument("--class", dest="classes", type=_classes, default="all", metavar="all|null|C",
                    help="requested classes of a conditional model: all (image i gets i %% 10, default; "
                         "scores accuracy), null (unconditional samples) or one class")
-    q.add_argument("--features", default="digits", choices=("digits", "inception"),
-                   help="feature network: digits (the shipped digits classifier, offline; default) or "
+    q.add_argument("--features", default="digits", choices=("digits", "digits-v1", "inception"),
+                   help="feature network: digits (the shipped digits networks against the 2,500 digits they never "
+                        "saw, offline; default), digits-v1 (their first version, for tables measured with it) or "
                         "inception (the FID network, for RGB data; needs its weights, see --inception)")
     q.add_argument("--inception", help="--features inception: path to pt_inception-2015-12-05-6726825d.pth "
                                        "(else $DDPM_INCEPTION_WEIGHTS, else ~/.cache/ddpm, downloading)")
@@ -127,8 +128,8 @@ def _load(args):
 
     device = common.setup_runtime(args)
     ck = load_checkpoint(args.ckpt, use_ema=not args.raw, device=device)
-    if args.features == "digits":
-        return ck, device, instrument_for(ck.config)
+    if args.features != "inception":
+        return ck, device, instrument_for(ck.config, args.features)
     from ddpm.evaluate.inception import load_inception
     from ddpm.evaluate.inputs import eval_images
 

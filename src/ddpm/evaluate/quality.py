@@ -34,10 +34,13 @@ duplicated points inflate FD itself (bootstrap mean 1.26 vs 0.85). Halves drawn 
 seeds per setting, the std over those independent sets is the better ±, and the tables show it
 (:func:`ddpm.evaluate.sweep.aggregate_seeds`).
 
-The reference set is all 5,000 bundled digits (the model's 4,500 training digits and the 500 held
-out); its features are computed on first use (seconds) and cached on disk under a hash of the
-classifier and the data (:func:`cache_dir`), rather than shipped. The **floor** at size n draws n real
-digits and scores them against the remaining 5,000 − n, over several draws (mean ± std over draws).
+The reference set is the 2,500 bundled digits the digits networks never saw (the reference half of
+:func:`ddpm.evaluate.digits_classifier.instrument_split`; the module says why the networks must not have
+seen them); its features are computed on first use (seconds) and cached on disk under a hash of the
+networks, the data and the split (:func:`cache_dir`), rather than shipped. The **floor** at size n draws
+n reference digits and scores them against the remaining 2,500 − n, over several draws (mean ± std over
+draws), so n ≤ 1,250. Samples are scored against all 2,500: at n = 500 the reference's share of FD's
+small-sample bias is a few per cent of the floor, inside its ±.
 For class-conditional samples each draw takes the samples' class counts (50 of each at n = 500 with
 ``--class all``): a perfect conditional generator gives exactly that, and random class proportions
 alone raised the FD floor at n = 500 from 0.39 to 1.17 (with ± 0.36 instead of 0.03).
@@ -230,20 +233,23 @@ class Instrument:
 
 
 class DigitsInstrument(Instrument):
-    """The shipped digits classifier (:mod:`ddpm.evaluate.digits_classifier`) against all 5,000 bundled
-    digits. Images at a resolution r < 28 are scored after bilinear upsampling to 28, against real digits
+    """The shipped digits networks of ``version`` (:mod:`ddpm.evaluate.digits_classifier`) against their
+    reference digits: version 2 (default) the half of the bundled digits they never saw, version 1 all
+    5,000. Images at a resolution r < 28 are scored after bilinear upsampling to 28, against real digits
     put through the same path (shrunk to r with the training data's BICUBIC resize, then upsampled), so
     the floor and the samples see the same loss of detail."""
 
     name = "digits"
     scores_accuracy = True
 
-    def __init__(self, resolution: int = 28):
+    def __init__(self, resolution: int = 28, version: int | None = None):
         from ddpm.evaluate import digits_classifier as dc
 
         if not MIN_DIGITS_RES <= int(resolution) <= dc.IMAGE_SHAPE[1]:
             raise ConfigError(f"the digits features score grey digits of {MIN_DIGITS_RES}–28 pixels, got {resolution}")
         self.resolution = int(resolution)
+        self.version = dc.CURRENT if version is None else int(version)
+        dc.asset_dir(self.version)  # an unknown version fails here, before any sampling
 
     def check(self, image_shape) -> None:
         c, h, w = (int(v) for v in image_shape)
@@ -257,13 +263,16 @@ class DigitsInstrument(Instrument):
     def predict(self, images):
         from ddpm.evaluate import digits_classifier as dc
 
-        return dc.predict(None, upsample_to_28(images))
+        return dc.predict(dc.load("features", version=self.version), upsample_to_28(images),
+                          recognizer=dc.load("recognizer", version=self.version))
 
     def reference(self):
-        return _digits_reference(self.resolution)
+        return _digits_reference(self.resolution, self.version)
 
     def describe(self) -> str:
-        return "digits" + ("" if self.resolution == 28 else f" (at {self.resolution}×{self.resolution}, upsampled)")
+        # version 1 keeps the plain name its sweep files recorded, so they resume under it
+        name = "digits" if self.version == 1 else f"digits v{self.version}"
+        return name + ("" if self.resolution == 28 else f" (at {self.resolution}×{self.resolution}, upsampled)")
 
 
 MIN_DIGITS_RES = 8
@@ -285,11 +294,11 @@ def upsample_to_28(images):
     return x
 
 
-@lru_cache(maxsize=4)
-def _digits_reference(resolution: int = 28) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Features of the 5,000 bundled digits, computed once and kept in the cache folder under a key that
-    hashes the classifier's weights, the digits file and the resolution (a new classifier or data set
-    never reads stale features)."""
+@lru_cache(maxsize=8)
+def _digits_reference(resolution: int = 28, version: int | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Features of the reference digits of instrument ``version`` (see :class:`DigitsInstrument`), computed
+    once and kept in the cache folder under a key that hashes the networks' weights, the digits file, the
+    reference indices and the resolution (a new classifier, split or data set never reads stale features)."""
     import hashlib
 
     import torch
@@ -297,11 +306,15 @@ def _digits_reference(resolution: int = 28) -> tuple[np.ndarray, np.ndarray, np.
     from ddpm.data.digits import asset_bytes, load_all
     from ddpm.evaluate import digits_classifier as dc
 
+    version = dc.CURRENT if version is None else version
+    images, labels = load_all()
+    idx = np.arange(len(labels)) if version == 1 else dc.instrument_split()[1]
+    images, labels = images[idx], labels[idx]
     h = hashlib.sha256(asset_bytes())
-    h.update(dc.weights_bytes())
+    h.update(dc.weights_bytes(version))
+    h.update(idx.astype(np.int64).tobytes())
     h.update(str(resolution).encode())
     cache = cache_dir() / f"digits_reference_{h.hexdigest()[:16]}.npz"
-    images, labels = load_all()
     try:
         with np.load(cache, allow_pickle=False) as f:
             return f["features"], f["probs"], labels
@@ -312,7 +325,7 @@ def _digits_reference(resolution: int = 28) -> tuple[np.ndarray, np.ndarray, np.
 
         # as the training data is made (BICUBIC), then to [−1, 1] floats
         images = torch.as_tensor(np.asarray(fit_array(images, resolution, 1))).float().div(127.5).sub(1)
-    feats, probs = dc.predict(None, upsample_to_28(images))
+    feats, probs = digits_instrument(28, version).predict(images)
     try:  # a cache that cannot be written only costs the time to recompute
         cache.parent.mkdir(parents=True, exist_ok=True)
         tmp = cache.with_name(cache.stem + f".{os.getpid()}.tmp.npz")
@@ -328,9 +341,12 @@ def cache_dir() -> Path:
     return Path(os.environ.get("DDPM_CACHE") or Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "ddpm")
 
 
-def reference(resolution: int = 28) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(features (5000, 128), probabilities (5000, 10), labels) of all bundled digits (at ``resolution``)."""
-    return _digits_reference(int(resolution))
+def reference(resolution: int = 28, version: int | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(features (N, 128), probabilities (N, 10), labels) of the reference digits of instrument ``version``
+    (2,500 for version 2, the default; 5,000 for version 1) at ``resolution``."""
+    from ddpm.evaluate import digits_classifier as dc
+
+    return _digits_reference(int(resolution), dc.CURRENT if version is None else int(version))
 
 
 class InceptionInstrument(Instrument):
@@ -460,7 +476,12 @@ def floor_of(instrument: Instrument, n: int, draws: int = FLOOR_DRAWS, seed: int
     stratified = counts is not None and has_counts(labels, counts)
     rows = []
     for d in range(draws):
-        s = stratified_draw(labels, counts, rng) if stratified else rng.permutation(len(feats))[:n]
+        if stratified:  # mixed (by a stream of its own, so the draws stay those of before), since the
+            # classifier IS scores 10 consecutive splits: sorted by class, each split holds one class (IS 1)
+            s = stratified_draw(labels, counts, rng)
+            s = s[np.random.default_rng([seed, d]).permutation(len(s))]
+        else:
+            s = rng.permutation(len(feats))[:n]
         rest = np.setdiff1d(np.arange(len(feats)), s)
         rows.append(score_features(feats[s], probs[s], None if labels is None else labels[s],
                                    ref_feats=feats[rest], ref_labels=None if labels is None else labels[rest],
@@ -476,11 +497,12 @@ def floor_of(instrument: Instrument, n: int, draws: int = FLOOR_DRAWS, seed: int
 _FLOORS: dict = {}
 
 
-@lru_cache(maxsize=4)
-def digits_instrument(resolution: int = 28) -> DigitsInstrument:
-    return DigitsInstrument(resolution)
+@lru_cache(maxsize=8)
+def digits_instrument(resolution: int = 28, version: int | None = None) -> DigitsInstrument:
+    return DigitsInstrument(resolution, version)
 
 
-def real_floor(n: int, draws: int = FLOOR_DRAWS, seed: int = 1, resolution: int = 28, class_counts=None) -> dict:
-    """:func:`floor_of` the digits features at ``resolution`` (28: the bundled digits as they are)."""
-    return floor_of(digits_instrument(int(resolution)), n, draws, seed, class_counts)
+def real_floor(n: int, draws: int = FLOOR_DRAWS, seed: int = 1, resolution: int = 28, class_counts=None,
+               version: int | None = None) -> dict:
+    """:func:`floor_of` the digits features of ``version`` at ``resolution`` (28: the digits as they are)."""
+    return floor_of(digits_instrument(int(resolution), version), n, draws, seed, class_counts)

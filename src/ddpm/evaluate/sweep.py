@@ -38,18 +38,24 @@ def class_labels(mode, num_classes: int | None, n: int):
     return int(mode)
 
 
+DIGITS_FEATURES = {"digits": None, "digits-v1": 1}  # --features name -> digits instrument version (None: current)
+
+
 def instrument_for(config, features: str = "digits", *, inception=None, ref_images=None, ref_desc: str = ""):
-    """The quality instrument for a model's images: the digits features at its resolution, or Inception
-    features against ``ref_images``; ConfigError for images it cannot score."""
+    """The quality instrument for a model's images: the digits features at its resolution (``digits``, or
+    ``digits-v1`` for the first version's networks, which tables measured before 2026-12-07 used), or
+    Inception features against ``ref_images``; ConfigError for images it cannot score."""
     from ddpm.evaluate import quality
 
     c, h, _ = config.model.image_shape
-    if features == "digits":
-        inst = quality.DigitsInstrument(h) if quality.MIN_DIGITS_RES <= h <= 28 else quality.digits_instrument(28)
+    if features in DIGITS_FEATURES:
+        version = DIGITS_FEATURES[features]
+        inst = (quality.DigitsInstrument(h, version) if quality.MIN_DIGITS_RES <= h <= 28
+                else quality.digits_instrument(28, version))
     elif features == "inception":
         inst = quality.InceptionInstrument(inception, ref_images, ref_desc)
     else:
-        raise ConfigError(f"unknown --features {features!r}; choose digits or inception")
+        raise ConfigError(f"unknown --features {features!r}; choose {', '.join(DIGITS_FEATURES)} or inception")
     inst.check(config.model.image_shape)
     return inst
 
