@@ -43,7 +43,8 @@ draws), so n ≤ 1,250. Samples are scored against all 2,500: at n = 500 the ref
 small-sample bias is a few per cent of the floor, inside its ±.
 For class-conditional samples each draw takes the samples' class counts (50 of each at n = 500 with
 ``--class all``): a perfect conditional generator gives exactly that, and random class proportions
-alone raised the FD floor at n = 500 from 0.39 to 1.17 (with ± 0.36 instead of 0.03).
+alone raised the FD floor at n = 500 from 0.39 to 1.17 (with ± 0.36 instead of 0.03; version 1 of the
+instrument, version 2: from 0.52 to 1.34).
 
 Written with numpy rather than a metrics package: torchmetrics' FID/KID are built around a fixed
 Inception pipeline and lack precision/recall, and the FD maths here is the project's FID code
