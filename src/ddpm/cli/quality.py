@@ -50,7 +50,9 @@ def _shared(q, *, n_default: int) -> None:
     q.add_argument("--class", dest="classes", type=_classes, default="all", metavar="all|null|C",
                    help="requested classes of a conditional model: all (image i gets i %% 10, default; "
                         "scores accuracy), null (unconditional samples) or one class")
-    q.add_argument("--features", default="digits", choices=("digits", "digits-v1", "inception"),
+    from ddpm.evaluate.sweep import DIGITS_FEATURES
+
+    q.add_argument("--features", default="digits", choices=(*DIGITS_FEATURES, "inception"),
                    help="feature network: digits (the shipped digits networks against the 2,500 digits they never "
                         "saw, offline; default), digits-v1 (their first version, for tables measured with it) or "
                         "inception (the FID network, for RGB data; needs its weights, see --inception)")
