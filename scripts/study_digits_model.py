@@ -27,7 +27,6 @@ from ddpm.sampling.api import generate, sampler_config
 from heldout_eps_mse import TS, eps_mse  # scripts/ is on the path when run as a script
 
 
-
 def time_sensitivity(ck) -> dict:
     true, half = eps_mse(ck, "test"), eps_mse(ck, "test", time_input=lambda t: t // 2)
     return {"eps_mse_true_t": sum(true) / len(TS), "eps_mse_half_t": sum(half) / len(TS),
