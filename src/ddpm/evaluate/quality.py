@@ -296,7 +296,7 @@ def upsample_to_28(images):
 
 
 @lru_cache(maxsize=8)
-def _digits_reference(resolution: int, version: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _digits_reference(resolution: int = 28, version: int | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Features of the reference digits of instrument ``version`` (see :class:`DigitsInstrument`), computed
     once and kept in the cache folder under a key that hashes the networks' weights, the digits file, the
     reference indices and the resolution (a new classifier, split or data set never reads stale features)."""
@@ -307,6 +307,7 @@ def _digits_reference(resolution: int, version: int) -> tuple[np.ndarray, np.nda
     from ddpm.data.digits import asset_bytes, load_all
     from ddpm.evaluate import digits_classifier as dc
 
+    version = dc.CURRENT if version is None else version
     images, labels = load_all()
     idx = np.arange(len(labels)) if version == 1 else dc.instrument_split()[1]
     images, labels = images[idx], labels[idx]
