@@ -7,7 +7,8 @@
 # delete the JSON and run again to re-score all rows without sampling (e.g. after an instrument change).
 # THREADS (default 1) changes the seconds per image, and may move the last digits of a score through
 # the floating-point summation order.
-#   Usage: bash scripts/digits_quality_table.sh   (CK, N, OUT, PY, SAMPLES, THREADS may be set)
+# FEATURES (default digits) picks the instrument: digits-v1 reproduces tables measured with version 1.
+#   Usage: bash scripts/digits_quality_table.sh   (CK, FEATURES, N, OUT, PY, SAMPLES, THREADS may be set)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY="${PY:-.venv/bin/python}"
@@ -16,8 +17,9 @@ N="${N:-500}"
 OUT="${OUT:-docs/quality/digits_table}"
 SAMPLES="${SAMPLES:-outputs/quality_samples/$(basename "$OUT")}"
 THREADS="${THREADS:-1}"
+FEATURES="${FEATURES:-digits}"
 run() { "$PY" -m ddpm eval sweep --ckpt "$CK" -n "$N" --json "$OUT.json" --samples "$SAMPLES" \
-        --threads "$THREADS" --no-progress "$@"; }
+        --threads "$THREADS" --features "$FEATURES" --no-progress "$@"; }
 for seed in 0 1 2; do run --seed "$seed" --samplers ddpm --steps 1000; done   # Algorithm 2
 run --samplers ddpm --steps 50,100,250                                       # respaced ancestral
 run --samplers ddim:eta=0,ddim:eta=1 --steps 10,20,50,100                    # DDIM

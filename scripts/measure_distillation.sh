@@ -24,7 +24,8 @@ sweep --ckpt "$TEACHER" --samplers ddim --steps 8,4,2,1 --json "$OUT/teacher_ddi
 sweep --ckpt "$TEACHER" --samplers ddim --steps 8,4,2,1 --spacing trailing --json "$OUT/teacher_ddim_trailing.json"
 
 # the teacher's Algorithm 2 at 1000 steps: its row of a quality table of the same weights, n and seed
-# (ALG2_TABLE: docs/quality/digits_table.json for the shipped model; docs/quality/digits_table_ema.json
+# (ALG2_TABLE: docs/quality/digits_table.json for the shipped model, digits_table_annealed_v1.json for the one
+# shipped before it; docs/quality/digits_table_ema.json
 # for the EMA of step 12,000, the teacher of the recorded runs)
 "$PY" - "$OUT" "${ALG2_TABLE:-docs/quality/digits_table.json}" <<'PYEOF'
 import json, sys
