@@ -21,6 +21,9 @@ FEATURES="${FEATURES:-digits}"
 run() { "$PY" -m ddpm eval sweep --ckpt "$CK" -n "$N" --json "$OUT.json" --samples "$SAMPLES" \
         --threads "$THREADS" --features "$FEATURES" --no-progress "$@"; }
 for seed in 0 1 2; do run --seed "$seed" --samplers ddpm --steps 1000; done   # Algorithm 2
+# Algorithm 2 with sigma^2 = beta-tilde (Ho et al. 2020, Sec. 3.2) instead of the config's beta: DDIM
+# with eta = 1 on all 1,000 steps is exactly that sampler (tests/test_ddim.py)
+run --samplers ddim:eta=1 --steps 1000
 run --samplers ddpm --steps 50,100,250                                       # respaced ancestral
 run --samplers ddim:eta=0,ddim:eta=1 --steps 10,20,50,100                    # DDIM
 for seed in 1 2; do run --seed "$seed" --samplers ddim:eta=0 --steps 10,50; done
