@@ -6,7 +6,10 @@ Every row is one `ddpm eval sweep` row (n images, seed, FD and KID with the ± t
 the bootstrap and subset stds for rows recorded before 2026-12-07, see docs/quality.md —, class
 accuracy ± binomial std); the floor is the real-vs-real floor at the same n. Training times come from
 ``train_times.json`` (wall-clock and CPU seconds of each procedure, written by the measuring script).
-Every progressive student has its own file ``steps-K.json`` (a sweep file holds one model's rows).
+Every progressive student has its own file ``steps-K.json`` (a sweep file holds one model's rows); the
+rows of one setting measured on several seeds (independent sets) print as one, mean ± std over the sets.
+``sets/`` holds such repeated measurements of the last student and of its teacher's DDIM at the same
+steps (scripts/measure_progressive.sh), ``rerun_steps-K.json`` a re-run of the last round.
 Progressive distillation from later teachers lives in sub-folders ``pd_*_teacher/`` laid out the same
 way (the teacher's files beside its students', a ``train_times.json`` of their own); each gets a table.
 """
@@ -17,12 +20,17 @@ import json
 import sys
 from pathlib import Path
 
+from ddpm.evaluate.sweep import MIN_SETS_FOR_STD, aggregate_seeds
+
 # (label, file, which procedure's training time)
 SOURCES = (
     ("teacher, Algorithm 2", "teacher_alg2.json", None),
     ("teacher, DDIM (uniform)", "teacher_ddim_uniform.json", None),
     ("teacher, DDIM (trailing)", "teacher_ddim_trailing.json", None),
+    ("teacher, DDIM (trailing), independent sets", "sets/teacher_ddim_*.json", None),
     ("progressive distillation", "steps-*.json", "progressive"),
+    ("progressive distillation, independent sets", "sets/student_*.json", None),
+    ("progressive distillation, last round re-run", "rerun_steps-*.json", "progressive-rerun"),
     ("consistency distillation, 800 steps", "cd_800.json", "consistency-distillation-800"),
     ("consistency distillation, 5,000 steps", "cd.json", "consistency-distillation"),
     ("consistency distillation, shipped (float16)", "cd_shipped.json", None),
@@ -54,12 +62,14 @@ def table(folder: Path) -> str:
         for path in folder.glob(pattern):
             data = json.loads(path.read_text())
             floor = floor or data.get("floor")
-            rows += data["rows"]
+            rows += aggregate_seeds(data["rows"])  # a file holds one model: its seeds are independent sets
         for i, r in enumerate(sorted(rows, key=lambda r: -r["nfe"])):
             n = r["n"]
             acc = "" if r.get("accuracy") is None else f"{100 * r['accuracy']:.1f} ± {100 * r['accuracy_std']:.1f} %"
             train = _fmt_time(times.get(proc)) if i == 0 else ""
-            lines.append(f"| {label} | {r['describe']} | {r['nfe']} | {r['fd']:.2f} ± {r['fd_std']:.2f} | "
+            sets = f", {r['sets']} sets (± over them)" if r["sets"] >= MIN_SETS_FOR_STD else (
+                f", seeds {r['seeds']}" if r["sets"] > 1 else "")
+            lines.append(f"| {label} | {r['describe']}{sets} | {r['nfe']} | {r['fd']:.2f} ± {r['fd_std']:.2f} | "
                          f"{r['kid']:.4f} ± {r['kid_std']:.4f} | {acc} | {train} |")
     if floor:
         fd, kid, acc = floor["fd"], floor["kid"], floor["accuracy"]
