@@ -9,7 +9,7 @@ accuracy ± binomial std); the floor is the real-vs-real floor at the same n. Tr
 Every progressive student has its own file ``steps-K.json`` (a sweep file holds one model's rows); the
 rows of one setting measured on several seeds (independent sets) print as one, mean ± std over the sets.
 ``sets/`` holds such repeated measurements of the last student and of its teacher's DDIM at the same
-steps (scripts/measure_progressive.sh), ``rerun_steps-K.json`` a re-run of the last round.
+steps (scripts/measure_progressive.sh), ``rerun_steps-K.json`` a re-run of the last round, ``finetune_steps-K.json`` that re-run trained on.
 Progressive distillation from later teachers lives in sub-folders ``pd_*_teacher/`` laid out the same
 way (the teacher's files beside its students', a ``train_times.json`` of their own); each gets a table.
 """
@@ -31,6 +31,7 @@ SOURCES = (
     ("progressive distillation", "steps-*.json", "progressive"),
     ("progressive distillation, independent sets", "sets/student_*.json", None),
     ("progressive distillation, last round re-run", "rerun_steps-*.json", "progressive-rerun"),
+    ("progressive distillation, re-run fine-tuned", "finetune_steps-*.json", "progressive-finetune"),
     ("consistency distillation, 800 steps", "cd_800.json", "consistency-distillation-800"),
     ("consistency distillation, 5,000 steps", "cd.json", "consistency-distillation"),
     ("consistency distillation, shipped (float16)", "cd_shipped.json", None),
