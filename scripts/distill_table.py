@@ -9,7 +9,8 @@ accuracy ± binomial std); the floor is the real-vs-real floor at the same n. Tr
 Every progressive student has its own file ``steps-K.json`` (a sweep file holds one model's rows); the
 rows of one setting measured on several seeds (independent sets) print as one, mean ± std over the sets.
 ``sets/`` holds such repeated measurements of the last student and of its teacher's DDIM at the same
-steps (scripts/measure_progressive.sh), ``rerun_steps-K.json`` a re-run of the last round, ``finetune_steps-K.json`` that re-run trained on.
+steps (scripts/measure_progressive.sh), ``rerun_steps-K.json`` a re-run of the last round and
+``finetune_steps-K.json`` that re-run trained on.
 Progressive distillation from later teachers lives in sub-folders ``pd_*_teacher/`` laid out the same
 way (the teacher's files beside its students', a ``train_times.json`` of their own); each gets a table.
 """
