@@ -24,15 +24,10 @@ sweep --ckpt "$TEACHER" --samplers ddim --steps 8,4,2,1 --json "$OUT/teacher_ddi
 sweep --ckpt "$TEACHER" --samplers ddim --steps 8,4,2,1 --spacing trailing --json "$OUT/teacher_ddim_trailing.json"
 
 # the teacher's Algorithm 2 at 1000 steps: its row of a quality table of the same weights, n and seed
-# (ALG2_TABLE: docs/quality/digits_table.json for the shipped model, digits_table_annealed_v1.json for the one
-# shipped before it; docs/quality/digits_table_ema.json
-# for the EMA of step 12,000, the teacher of the recorded runs)
-"$PY" - "$OUT" "${ALG2_TABLE:-docs/quality/digits_table.json}" <<'PYEOF'
-import json, sys
-d = json.load(open(sys.argv[2]))
-rows = [r for r in d["rows"] if r["sampler"] == "ddpm" and r["steps"] == 1000]
-json.dump({**{k: v for k, v in d.items() if k != "rows"}, "rows": rows}, open(f"{sys.argv[1]}/teacher_alg2.json", "w"), indent=1)
-PYEOF
+# (ALG2_TABLE: docs/quality/digits_table.json for the shipped model, digits_table_annealed_v1.json for the
+# one shipped before it, digits_table_ema.json for the EMA of step 12,000, the teacher of the recorded
+# runs); scripts/teacher_alg2.py refuses a table of other weights
+"$PY" scripts/teacher_alg2.py "$TEACHER" "${ALG2_TABLE:-docs/quality/digits_table.json}" "$OUT/teacher_alg2.json"
 
 # progressive distillation: each student at its own step count (its recorded sampler: DDIM, trailing),
 # one file per student (a sweep file holds the rows of one model)

@@ -25,18 +25,7 @@ THREADS=${THREADS:-2}
 mkdir -p "$OUT/sets"
 sweep() { "$PY" -m ddpm eval sweep -n "$N" --threads "$THREADS" --no-progress "$@"; }
 
-"$PY" - "$TEACHER" "$ALG2_TABLE" "$OUT/teacher_alg2.json" <<'PYEOF'
-import json, sys
-from ddpm import checkpoint
-from ddpm.evaluate.sweep import weights_fingerprint
-teacher, table, out = sys.argv[1:]
-d = json.load(open(table))
-rows = [r for r in d["rows"] if r["sampler"] == "ddpm" and r["steps"] == 1000]
-want = weights_fingerprint(checkpoint.load_checkpoint(teacher).model)
-if not rows or any(r["weights_sha256"] != want for r in rows):
-    sys.exit(f"{table}: its Algorithm 2 rows are not of the weights of {teacher}; pass the teacher's own table as ALG2_TABLE")
-json.dump({**{k: v for k, v in d.items() if k != "rows"}, "rows": rows}, open(out, "w"), indent=1)
-PYEOF
+"$PY" scripts/teacher_alg2.py "$TEACHER" "$ALG2_TABLE" "$OUT/teacher_alg2.json"
 
 sweep --ckpt "$TEACHER" --samplers ddim --steps 16,8,4 --spacing trailing --json "$OUT/teacher_ddim_trailing.json"
 last=

@@ -34,3 +34,20 @@ def test_seeds_of_one_setting_print_as_their_mean_and_std():
                if line.startswith("| teacher, Algorithm 2")]
     assert len(printed) == 1 and "3 sets (± over them)" in printed[0]
     assert f"| {statistics.mean(fds):.2f} ± {statistics.stdev(fds):.2f} |" in printed[0]
+
+
+def test_teacher_alg2_copies_the_teachers_own_rows_and_refuses_another_models(tmp_path, capsys):
+    """scripts/teacher_alg2.py (used by both measuring scripts) reproduces the committed teacher_alg2.json
+    of pd_long_teacher from the shipped model's quality table, and refuses the previous model's table."""
+    import pytest
+
+    copy = runpy.run_path(str(ROOT / "scripts" / "teacher_alg2.py"), run_name="teacher_alg2")["main"]
+    out = tmp_path / "alg2.json"
+    teacher = str(ROOT / "src" / "ddpm" / "assets" / "digits")
+    copy(teacher, str(ROOT / "docs" / "quality" / "digits_table.json"), str(out))
+    committed = json.loads((DISTILL / "pd_long_teacher" / "teacher_alg2.json").read_text())
+    assert json.loads(out.read_text())["rows"] == committed["rows"]
+    with pytest.raises(SystemExit) as exit_:
+        copy(teacher, str(ROOT / "docs" / "quality" / "digits_table_annealed_v1.json"), str(tmp_path / "other.json"))
+    assert exit_.value.code == 2 and "not of the weights" in capsys.readouterr().err
+    assert not (tmp_path / "other.json").exists()
