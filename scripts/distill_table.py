@@ -10,7 +10,9 @@ Every progressive student has its own file ``steps-K.json`` (a sweep file holds 
 rows of one setting measured on several seeds (independent sets) print as one, mean ± std over the sets.
 ``sets/`` holds such repeated measurements of the last student and of its teacher's DDIM at the same
 steps (scripts/measure_progressive.sh), ``rerun_steps-K.json`` a re-run of the last round and
-``finetune_steps-K.json`` that re-run trained on.
+``finetune_steps-K.json`` that re-run trained on; ``snr_steps-K.json`` a first round weighted by SNR,
+``longer_steps-8.json`` the first round's student trained on, ``longer_steps-4.json`` the round
+distilled from it and ``shipped_steps-4.json`` that student as shipped (float16).
 Progressive distillation from later teachers lives in sub-folders ``pd_*_teacher/`` laid out the same
 way (the teacher's files beside its students', a ``train_times.json`` of their own); each gets a table.
 """
@@ -33,6 +35,10 @@ SOURCES = (
     ("progressive distillation, independent sets", "sets/student_*.json", None),
     ("progressive distillation, last round re-run", "rerun_steps-*.json", "progressive-rerun"),
     ("progressive distillation, re-run fine-tuned", "finetune_steps-*.json", "progressive-finetune"),
+    ("progressive distillation, round 1 weighted by SNR", "snr_steps-*.json", "progressive-snr"),
+    ("progressive distillation, round 1 trained on", "longer_steps-8.json", "progressive-round1-longer"),
+    ("progressive distillation, round 2 from that", "longer_steps-4.json", "progressive-round2-from-longer"),
+    ("progressive distillation, shipped (float16)", "shipped_steps-4.json", None),
     ("consistency distillation, 800 steps", "cd_800.json", "consistency-distillation-800"),
     ("consistency distillation, 5,000 steps", "cd.json", "consistency-distillation"),
     ("consistency distillation, shipped (float16)", "cd_shipped.json", None),
@@ -100,6 +106,28 @@ def trend_table(folder: Path) -> str:
     return "\n".join(lines)
 
 
+SWAP_FILES = (  # (file in swaps/, which student and teacher)
+    ("steps-8.json", "first run's 8-step student, 2,500 steps; teacher: the shipped model"),
+    ("snr_steps-8.json", "first round weighted by SNR"),
+    ("longer_steps-8.json", "first run's 8-step student trained 2,500 more"),
+    ("rerun_steps-4.json", "re-run's 4-step student; teacher: the first run's 8-step student"),
+    ("longer_steps-4.json", "4-step student of the longer first round; teacher: that 8-step student"),
+)
+
+
+def swaps_table(folder: Path) -> str:
+    """FD of the chains of ``scripts/pd_diagnose.py swaps`` (``swaps/*.json``: n images from one shared
+    x_T each), one row per chain."""
+    lines = ["| student (and teacher) | chain | FD (paired) | class accuracy |", "|---|---|---:|---:|"]
+    for name, label in SWAP_FILES:
+        path = folder / "swaps" / name
+        if path.is_file():
+            for r in json.loads(path.read_text())["rows"]:
+                lines.append(f"| {label} | {r['chain']} | {r['fd']:.3f} ± {r['fd_std']:.3f} | "
+                             f"{100 * r['accuracy']:.1f} % |")
+    return "\n".join(lines) if len(lines) > 2 else ""
+
+
 def guidance_table(folder: Path) -> str:
     out = []
     acc_path = folder / "classifier_accuracy.json"
@@ -127,6 +155,9 @@ if __name__ == "__main__":
     for sub in sorted(folder.glob("pd_*_teacher")):
         print(f"\n{sub.name}:\n")
         print(table(sub))
+        if swaps_table(sub):
+            print(f"\n{sub.name}, paired chains (scripts/pd_diagnose.py swaps):\n")
+            print(swaps_table(sub))
     print()
     print(trend_table(folder))
     print()

@@ -12,7 +12,11 @@ z_t = α_t x + σ_t ε (α = √ᾱ, σ = √(1−ᾱ)):
 
 so that one student DDIM step with x̂_θ(z_t) = x̃ lands exactly on z_t''. The loss is
 w(λ_t)·‖x̃ − x̂_θ(z_t)‖² with the paper's "SNR+1" weighting w = 1 + α²/σ² (= ‖ṽ − v̂‖² for a
-v-prediction student, the default) or its "truncated SNR" max(α²/σ², 1).
+v-prediction student, the default) or its "truncated SNR" max(α²/σ², 1), or w = α²/σ² (``snr``: the
+same error measured in ε, ‖ε̃ − ε̂‖², the weighting an ε-teacher was trained with). ``snr`` was tried
+for a first round from an ε-teacher, whose x̂ = (z − σε̂)/α near t = T carries ε̂'s error times σ/α
+(≈ 160 at t = 999 of the linear schedule), so that x̃ there is an ill-conditioned target dominating an
+x-space loss; on digits it made the first round's student worse (docs/distillation.md), so snr+1 stays.
 
 Choices where the paper leaves room (docs/distillation.md):
 
@@ -43,7 +47,7 @@ from ddpm.errors import ConfigError
 from ddpm.sampling.registry import Option
 from ddpm.train.objectives import Objective
 
-WEIGHTINGS = ("snr+1", "truncated-snr")
+WEIGHTINGS = ("snr+1", "truncated-snr", "snr")
 
 
 def load_teacher(path, device, guidance: float = 0.0):
@@ -83,7 +87,8 @@ class ProgressiveDistillationObjective(Objective):
                low=0.0),
         Option("clip", True, "clip the teacher's x̂0 to [-1, 1] in its DDIM steps (as ddpm sample does)",
                kind=bool),
-        Option("weighting", "snr+1", "loss weight on ‖x̃ − x̂‖²: snr+1 (= v-MSE) or truncated-snr (max(SNR, 1))",
+        Option("weighting", "snr+1",
+               "loss weight on ‖x̃ − x̂‖²: snr+1 (= v-MSE), truncated-snr (max(SNR, 1)) or snr (= ε-MSE)",
                kind=str, choices=WEIGHTINGS),
     )
 
@@ -148,7 +153,7 @@ class ProgressiveDistillationObjective(Objective):
                                                model_kwargs=model_kwargs)["pred_xstart"]
         a, s = self._coef(t_i, z)
         snr = (a / s) ** 2
-        weight = 1.0 + snr if self.opts["weighting"] == "snr+1" else torch.clamp(snr, min=1.0)
+        weight = {"snr+1": 1.0 + snr, "truncated-snr": torch.clamp(snr, min=1.0), "snr": snr}[self.opts["weighting"]]
         mse = ((x_target - x_hat) ** 2).flatten(1).mean(1)
         return {"loss": weight.flatten() * mse, "mse": mse}
 
