@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 
 import numpy as np
@@ -73,6 +74,10 @@ def swaps(args) -> None:
     if K > 2:
         names.update({"teacher first half": set(range(K // 2)), "teacher second half": set(range(K // 2, K))})
     if args.only:
+        unknown = [k for k in args.only.split(",") if k not in names]
+        if unknown:
+            print(f"pd_diagnose.py: unknown chain(s) {unknown} in --only; choose from {list(names)}", file=sys.stderr)
+            raise SystemExit(2)
         names = {k: names[k] for k in args.only.split(",")}
     rows = []
     for name, by_teacher in names.items():
