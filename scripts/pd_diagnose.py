@@ -29,34 +29,30 @@ from ddpm.checkpoint import load_checkpoint
 from ddpm.evaluate.quality import score_images
 
 
-def _ddim_step(ck, z, t, t_next, y):
-    """One DDIM step (η = 0, clipped x̂ as ``ddpm sample``) of checkpoint ``ck`` from code step t to t_next."""
-    ac = np.concatenate([[1.0], ck.diffusion.alphas_cumprod])
-    a, s = float(np.sqrt(ac[t + 1])), float(np.sqrt(1 - ac[t + 1]))
-    a_n, s_n = float(np.sqrt(ac[t_next + 1])), float(np.sqrt(1 - ac[t_next + 1]))
-    x0 = ck.diffusion.p_mean_variance(ck.model, z, torch.full((len(z),), t), clip_denoised=True,
-                                      model_kwargs={"y": y})["pred_xstart"]
-    return a_n * x0 + s_n / s * (z - a * x0)
-
-
 def chain(student, teacher, x_T, y, by_teacher=(), single=False) -> torch.Tensor:
     """The student's K-step DDIM chain from x_T, each step j in ``by_teacher`` (0: the first, at
     t = T − 1) replaced by two teacher DDIM steps over the same interval (``single``: by one teacher
     step, so that all K swapped is the teacher's own K-step DDIM); unclipped output."""
-    from ddpm.train.progressive import pd_grid
+    from ddpm.train.progressive import DDIMJumps, pd_grid
 
     grid = pd_grid(student.diffusion.num_timesteps, int(student.config.sampling.steps))[::-1]
+    jumps = DDIMJumps(student.diffusion, "cpu")
+
+    def step(ck, z, t, t_next, yy):
+        at = lambda v: torch.full((len(z),), int(v))  # noqa: E731
+        return jumps.step(ck.diffusion, ck.model, z, at(t), at(t_next), {"y": yy}, clip=True)
+
     out = []
     with torch.no_grad():
         for b in range(0, len(x_T), 250):
             z, yy = x_T[b:b + 250], y[b:b + 250]
             for j, (t, t1, t2) in enumerate(grid):
                 if j in by_teacher and single:
-                    z = _ddim_step(teacher, z, t, t2, yy)
+                    z = step(teacher, z, t, t2, yy)
                 elif j in by_teacher:
-                    z = _ddim_step(teacher, _ddim_step(teacher, z, t, t1, yy), t1, t2, yy)
+                    z = step(teacher, step(teacher, z, t, t1, yy), t1, t2, yy)
                 else:
-                    z = _ddim_step(student, z, t, t2, yy)
+                    z = step(student, z, t, t2, yy)
             out.append(z)
     return torch.cat(out)
 
@@ -95,6 +91,7 @@ def swaps(args) -> None:
 
 def gap(args) -> None:
     from ddpm.data.digits import load_digits
+    from ddpm.images import from_uint8
     from ddpm.sampling.api import generate
     from ddpm.train.progressive import ProgressiveDistillationObjective
 
@@ -105,7 +102,7 @@ def gap(args) -> None:
     def images(split):
         x, y = load_digits(split)
         pick = np.random.default_rng(0).permutation(len(x))[:args.n]
-        return torch.from_numpy(x[pick]).float().div(127.5).sub(1).unsqueeze(1), torch.from_numpy(y[pick])
+        return from_uint8(x[pick]), torch.from_numpy(y[pick])
 
     y = torch.arange(args.n) % 10
     drawn = generate(teacher.model, teacher.diffusion, args.n, batch_size=250, sampler="ddim",

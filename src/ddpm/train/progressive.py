@@ -75,6 +75,28 @@ def pd_grid(num_timesteps: int, student_steps: int) -> np.ndarray:
     return np.array([[teacher[2 * i], teacher[2 * i - 1], teacher[2 * i - 2]] for i in range(1, student_steps + 1)])
 
 
+class DDIMJumps:
+    """Deterministic DDIM steps (η = 0) between any two code timesteps of one schedule (t = −1: clean
+    data), per example: the teacher's steps of a target and ``scripts/pd_diagnose.py``'s chains."""
+
+    def __init__(self, diffusion, device):
+        ac = np.concatenate([[1.0], diffusion.alphas_cumprod])  # index 0: clean data (t = −1)
+        self.alpha = torch.from_numpy(np.sqrt(ac)).float().to(device)
+        self.sigma = torch.from_numpy(np.sqrt(1.0 - ac)).float().to(device)
+
+    def coef(self, t: torch.Tensor, like: torch.Tensor):
+        """(α_t, σ_t) of each example, shaped to broadcast against ``like``."""
+        shape = (-1,) + (1,) * (like.ndim - 1)
+        return self.alpha[t + 1].view(shape), self.sigma[t + 1].view(shape)
+
+    def step(self, diffusion, net, z, t, t_next, model_kwargs, clip: bool):
+        """z at t to t_next through ``net``'s x̂ (clipped to [−1, 1] when ``clip``, as ``ddpm sample``)."""
+        x0 = diffusion.p_mean_variance(net, z, t, clip_denoised=clip, model_kwargs=model_kwargs)["pred_xstart"]
+        a, s = self.coef(t, z)
+        a_n, s_n = self.coef(t_next, z)
+        return a_n * x0 + s_n / s * (z - a * x0)
+
+
 class ProgressiveDistillationObjective(Objective):
     """One round of Algorithm 2: the student (the trained model) learns the teacher's two DDIM steps."""
 
@@ -113,21 +135,14 @@ class ProgressiveDistillationObjective(Objective):
         grid = pd_grid(diffusion.num_timesteps, n // 2)
         self.grid = torch.from_numpy(grid).to(self.device)
         self.bounds = self.grid[:, 0].contiguous()  # s_1 < … < s_K
-        ac = np.concatenate([[1.0], diffusion.alphas_cumprod])  # index 0: clean data (t = −1)
-        self.alpha = torch.from_numpy(np.sqrt(ac)).float().to(self.device)
-        self.sigma = torch.from_numpy(np.sqrt(1.0 - ac)).float().to(self.device)
+        self.jumps = DDIMJumps(diffusion, self.device)
 
     def _coef(self, t: torch.Tensor, like: torch.Tensor):
-        shape = (-1,) + (1,) * (like.ndim - 1)
-        return self.alpha[t + 1].view(shape), self.sigma[t + 1].view(shape)
+        return self.jumps.coef(t, like)
 
     def _ddim(self, z, t, t_next, model_kwargs):
         """One teacher DDIM step (η = 0) from z at t to t_next."""
-        x0 = self.teacher_diffusion.p_mean_variance(self.teacher, z, t, clip_denoised=self.opts["clip"],
-                                                    model_kwargs=model_kwargs)["pred_xstart"]
-        a, s = self._coef(t, z)
-        a_n, s_n = self._coef(t_next, z)
-        return a_n * x0 + s_n / s * (z - a * x0)
+        return self.jumps.step(self.teacher_diffusion, self.teacher, z, t, t_next, model_kwargs, self.opts["clip"])
 
     @torch.no_grad()
     def target(self, z: torch.Tensor, i: torch.Tensor, model_kwargs: dict) -> torch.Tensor:
@@ -248,5 +263,5 @@ def run_progressive(teacher, from_steps: int, to_steps: int, run_dir, *, round_s
     return dirs
 
 
-__all__ = ["ProgressiveDistillationObjective", "pd_grid", "load_teacher", "student_config", "round_plan",
+__all__ = ["ProgressiveDistillationObjective", "DDIMJumps", "pd_grid", "load_teacher", "student_config", "round_plan",
            "run_progressive", "ROUND_DEFAULTS"]
